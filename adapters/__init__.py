@@ -1,0 +1,1 @@
+"""Framework adapters, each behind its own extra: ``instrument.adapters.<framework>``."""

@@ -1,0 +1,91 @@
+"""Trace context: the current trace and span IDs, held in one context variable.
+
+This module is framework-free on purpose. Every ``set`` is undone with its
+token in the same frame; nothing here holds a token across a ``yield``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from contextvars import ContextVar
+from typing import NamedTuple
+
+from loguru import logger
+
+
+class TraceContext(NamedTuple):
+    """The active trace: its ID and the ID of the innermost open span (or remote parent)."""
+
+    trace_id: str
+    span_id: str | None
+
+
+_current: ContextVar[TraceContext | None] = ContextVar("instrument_trace", default=None)
+
+# Accepted external trace IDs: what fits in a header, a log line and a label-free exemplar.
+_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
+_W3C_TRACE_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
+# Not a secret: OpenTelemetry's SDK also draws trace IDs from the Mersenne Twister.
+_getrandbits = random.getrandbits
+
+
+def new_trace_id() -> str:
+    """A fresh W3C-compatible trace ID: 32 lowercase hex digits, never all zeros."""
+    bits = _getrandbits(128)
+    while not bits:  # pragma: no cover - one chance in 2**128
+        bits = _getrandbits(128)
+    return f"{bits:032x}"
+
+
+def new_span_id() -> str:
+    """A fresh W3C-compatible span ID: 16 lowercase hex digits, never all zeros."""
+    bits = _getrandbits(64)
+    while not bits:  # pragma: no cover
+        bits = _getrandbits(64)
+    return f"{bits:016x}"
+
+
+def get_trace_id() -> str | None:
+    """The current trace ID, or None outside any trace."""
+    ctx = _current.get()
+    return ctx.trace_id if ctx is not None else None
+
+
+def get_span_id() -> str | None:
+    """The ID of the innermost open span (or the remote parent span), or None."""
+    ctx = _current.get()
+    return ctx.span_id if ctx is not None else None
+
+
+def current() -> TraceContext | None:
+    return _current.get()
+
+
+def is_valid_trace_id(value: object) -> bool:
+    """True when ``value`` is 1-128 characters of ``[A-Za-z0-9._:-]``."""
+    return isinstance(value, str) and _VALID_ID.fullmatch(value) is not None
+
+
+def is_w3c_trace_id(value: str) -> bool:
+    return _W3C_TRACE_ID.fullmatch(value) is not None and value != "0" * 32
+
+
+def safe_repr(value: object, limit: int = 64) -> str:
+    """An escaped, truncated rendering of untrusted input, safe to put in a log line."""
+    text = value if isinstance(value, str) else repr(value)
+    escaped = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    if len(escaped) > limit:
+        escaped = escaped[:limit] + "...(truncated)"
+    return escaped
+
+
+def accept_trace_id(value: object) -> str:
+    """Return ``value`` when valid, else a fresh ID (and a warning naming the rejected value)."""
+    if is_valid_trace_id(value):
+        return value  # type: ignore[return-value]
+    replacement = new_trace_id()
+    logger.bind(
+        event="invalid_trace_id", rejected=safe_repr(value), trace_id=replacement
+    ).warning("rejected an invalid trace ID; started a new trace")
+    return replacement

@@ -1,0 +1,242 @@
+"""The request observers every adapter drives: one for served requests, one for outbound calls.
+
+Adapters translate their framework's hooks into these few calls; everything
+measured, labelled and logged about an HTTP request is decided here, once.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from time import perf_counter
+from typing import Any, Protocol
+
+from loguru import logger
+
+from instrument import _metrics
+from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
+from instrument._propagation import extract_context, trace_headers
+
+UNMATCHED = "__unmatched__"
+CLIENT_CLOSED = 499
+
+
+class StreamObserver(Protocol):
+    """What a ``@track_sse`` stream exposes to the request that serves it."""
+
+    def client_disconnected(self) -> None: ...
+
+
+current_request: ContextVar[ServerRequest | None] = ContextVar("instrument_request",
+                                                               default=None)
+
+
+class ServerRequest:
+    """One served HTTP request: trace in and out, metrics, access log.
+
+    Call order: ``enter()`` (binds the trace), ``set_route()`` as soon as the
+    route template is known, ``response_started()``, ``body_sent()`` per chunk,
+    ``finish()`` exactly once when the body has ended (or the client left), then
+    ``exit()``. ``finish`` is idempotent.
+    """
+
+    __slots__ = ("_in_progress", "_stream_start", "_token", "access_log", "bytes_sent", "client",
+                 "disconnected", "error", "finished", "method", "metrics", "path", "route",
+                 "sse", "sse_events", "start", "status", "streams", "trace")
+
+    def __init__(self, method: str, path: str, headers: Any, client: str | None = None,
+                 access_log: bool = True, metrics: _metrics.Metrics | None = None) -> None:
+        self.start = perf_counter()
+        self.metrics = metrics or _metrics.current()
+        self.method = method
+        self.path = path
+        self.client = client
+        self.access_log = access_log
+        trace_id, parent = extract_context(headers)
+        self.trace = TraceContext(accept_trace_id(trace_id) if trace_id is not None
+                                  else new_trace_id(), parent)
+        self.route: str | None = None
+        self.status: int | None = None
+        self.bytes_sent = 0
+        self.sse = False
+        self.sse_events = 0
+        self.streams: list[StreamObserver] = []
+        self.disconnected = False
+        self.error: BaseException | None = None
+        self.finished = False
+        self._in_progress: Any = None
+        self._stream_start = 0.0
+        self._token: tuple[Token[TraceContext | None], Token[ServerRequest | None]] | None = None
+        self.metrics.traces.inc()
+
+    # -- context ---------------------------------------------------------------
+    def enter(self) -> None:
+        """Make this request's trace current (undo with ``exit`` in the same context)."""
+        self._token = (_current.set(self.trace), current_request.set(self))
+
+    def exit(self) -> None:
+        if self._token is not None:
+            trace_token, request_token = self._token
+            self._token = None
+            try:
+                current_request.reset(request_token)
+                _current.reset(trace_token)
+            except ValueError:  # reset from another context: nothing left to restore
+                pass
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """``X-Trace-ID`` (and ``traceparent``) to add to the response."""
+        token = _current.set(self.trace)
+        try:
+            return trace_headers()
+        finally:
+            _current.reset(token)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def set_route(self, route: str | None) -> None:
+        """Record the route template once known; from then on the request is in progress."""
+        if self.route is None:
+            self.route = route or UNMATCHED
+            try:
+                self._in_progress = self.metrics.http_in_progress.child(self.method, self.route)
+                self._in_progress.inc()
+            except Exception as exc:
+                _metrics.report_internal_error("http_in_progress", exc)
+
+    def attach_stream(self, stream: StreamObserver) -> None:
+        """A ``@track_sse`` stream opened while serving this request (it measures itself)."""
+        self.streams.append(stream)
+        if self.disconnected:
+            stream.client_disconnected()
+
+    def response_started(self, status: int, content_type: str | None = None) -> None:
+        self.status = status
+        if content_type and content_type.startswith("text/event-stream"):
+            self.sse = True
+            if not self.streams:
+                self._open_fallback_stream()
+
+    def body_sent(self, chunk: bytes | str) -> None:
+        self.bytes_sent += len(chunk)
+        if self.sse and not self.streams and chunk:
+            data = chunk if isinstance(chunk, bytes) else chunk.encode()
+            # an event is a block not starting with ':' (that is a comment/heartbeat)
+            self.sse_events += sum(1 for block in data.split(b"\n\n")
+                                   if block.strip() and not block.startswith(b":"))
+
+    def client_disconnected(self) -> None:
+        """The client went away before the response completed: tell the streams first."""
+        if not self.disconnected:
+            self.disconnected = True
+            for stream in self.streams:
+                try:
+                    stream.client_disconnected()
+                except Exception as exc:
+                    _metrics.report_internal_error("sse_disconnect", exc)
+
+    def failed(self, exc: BaseException) -> None:
+        self.error = exc
+
+    def finish(self) -> None:
+        """Record the request once: counters, duration (not for SSE), in-progress, access log."""
+        if self.finished:
+            return
+        self.finished = True
+        elapsed = perf_counter() - self.start
+        try:
+            self._record(elapsed)
+        except Exception as exc:
+            _metrics.report_internal_error("http_request", exc)
+
+    def _record(self, elapsed: float) -> None:
+        m = self.metrics
+        if self.route is None:
+            self.set_route(None)
+        route = self.route or UNMATCHED
+        if self._in_progress is not None:
+            self._in_progress.dec()
+        if self.disconnected and (self.status is None or not self.sse):
+            status = CLIENT_CLOSED
+        elif self.error is not None and self.status is None:
+            status = 500
+        else:
+            status = self.status or 500
+        status_label = str(status)
+        m.http_requests.child(self.method, route, status_label).inc()
+        if status >= 500 and status != CLIENT_CLOSED or (
+                self.error is not None and not self.disconnected):
+            m.http_errors.child(self.method, route, status_label).inc()
+        token = _current.set(self.trace)
+        try:
+            if self.sse:
+                if not self.streams:
+                    self._close_fallback_stream()
+            else:
+                m.http_duration.child(self.method, route).observe(elapsed, m.exemplar())
+            if self.error is not None and not self.disconnected:
+                logger.bind(event="unhandled_exception", method=self.method, route=route,
+                            path=self.path).opt(exception=self.error).error(
+                    "unhandled exception while serving {method} {path}",
+                    method=self.method, path=self.path)
+            if self.access_log:
+                logger.bind(event="request", method=self.method, route=route, path=self.path,
+                            status=status, latency_ms=round(elapsed * 1000, 3),
+                            bytes=self.bytes_sent, client=self.client).info(
+                    "{method} {path} {status}", method=self.method, path=self.path,
+                    status=status)
+        finally:
+            _current.reset(token)
+
+    # -- SSE responses not produced by a @track_sse generator ------------------------
+    def _open_fallback_stream(self) -> None:
+        endpoint = self.route or UNMATCHED
+        self._stream_start = perf_counter()
+        self.metrics.sse_connections.child(endpoint).inc()
+        self.metrics.sse_active.child(endpoint).inc()
+
+    def _close_fallback_stream(self) -> None:
+        m = self.metrics
+        endpoint = self.route or UNMATCHED
+        if self.disconnected:
+            outcome = "client_disconnect"
+        elif self.error is not None:
+            outcome = "error"
+        else:
+            outcome = "completed"
+        m.sse_active.child(endpoint).dec()
+        m.sse_duration.child(endpoint).observe(perf_counter() - self._stream_start, m.exemplar())
+        if self.sse_events:
+            m.sse_events.child(endpoint).inc(self.sse_events)
+        m.sse_closed.child(endpoint, outcome).inc()
+
+
+class ClientRequest:
+    """One outbound HTTP request: trace headers out, client metrics in."""
+
+    __slots__ = ("finished", "host", "method", "metrics", "start")
+
+    def __init__(self, method: str, host: str, metrics: _metrics.Metrics | None = None) -> None:
+        self.metrics = metrics or _metrics.current()
+        self.method = method
+        self.host = host
+        self.start = perf_counter()
+        self.finished = False
+
+    @staticmethod
+    def headers() -> list[tuple[str, str]]:
+        return trace_headers()
+
+    def finish(self, status: int | None, exc: BaseException | None = None) -> float:
+        """Record once; ``status=None`` with ``exc`` means the request failed without a response."""
+        elapsed = perf_counter() - self.start
+        if self.finished:
+            return elapsed
+        self.finished = True
+        try:
+            m = self.metrics
+            label = str(status) if status is not None else (
+                "error" if exc is None else type(exc).__name__)
+            m.client_requests.child(self.host, self.method, label).inc()
+            m.client_duration.child(self.host, self.method).observe(elapsed, m.exemplar())
+        except Exception as err:
+            _metrics.report_internal_error("http_client", err)
+        return elapsed

@@ -1,0 +1,266 @@
+"""Metric objects for one registry, with bounded labels and cached children.
+
+``configure()`` picks the registry (prometheus-client's default unless told
+otherwise); every instrumented call then looks up ``current()``. Metrics are
+created once per (registry, namespace): importing, decorating or configuring
+twice never registers a name twice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from loguru import logger
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from instrument._catalog import CATALOG, MetricSpec
+from instrument._context import _current
+
+DEFAULT_MAX_LABEL_VALUES = 100
+OVERFLOW_VALUE = "other"
+# Raw label tuples remembered per family before we stop caching (the bounded
+# children themselves never exceed max_label_values per label).
+_CHILD_CACHE_LIMIT = 4096
+_MAX_LABEL_LENGTH = 128
+# prometheus-client rejects exemplars whose label names+values exceed 128 runes.
+_MAX_EXEMPLAR_ID = 128 - len("trace_id")
+
+PROCESS_START = time.time()
+
+
+def multiprocess_dir() -> str | None:
+    """The prometheus-client multiprocess directory, when running under several workers."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+class Family:
+    """One metric with bounded label values and a cache of bound children."""
+
+    __slots__ = ("_children", "_limit", "_lock", "_metric", "_owner", "_seen", "spec")
+
+    def __init__(self, spec: MetricSpec, metric: Any, owner: Metrics) -> None:
+        self.spec = spec
+        self._metric = metric
+        self._owner = owner
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._seen: list[set[str]] = [set() for _ in spec.labels]
+        self._lock = threading.Lock()
+
+    def child(self, *values: str) -> Any:
+        """The bound child for these label values; past the limit a value becomes ``other``."""
+        try:
+            return self._children[values]
+        except KeyError:
+            return self._bind(values)
+
+    def _bind(self, values: tuple[str, ...]) -> Any:
+        with self._lock:
+            bounded = []
+            for i, raw in enumerate(values):
+                value = raw if isinstance(raw, str) else str(raw)
+                if len(value) > _MAX_LABEL_LENGTH:
+                    value = value[:_MAX_LABEL_LENGTH]
+                seen = self._seen[i]
+                if value not in seen:
+                    if len(seen) >= self._owner.max_label_values:
+                        self._owner.overflow(self.spec.name, self.spec.labels[i], value)
+                        value = OVERFLOW_VALUE
+                    else:
+                        seen.add(value)
+                bounded.append(value)
+            child = self._metric.labels(*bounded) if bounded else self._metric
+            if len(self._children) < _CHILD_CACHE_LIMIT:
+                self._children[values] = child
+            return child
+
+    @property
+    def metric(self) -> Any:
+        return self._metric
+
+
+class _UptimeCollector(Collector):
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._name, "Seconds since the instrumented process started.",
+                                value=time.time() - PROCESS_START)
+
+
+class Metrics:
+    """Every metric of the catalog, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry, namespace: str = "",
+                 max_label_values: int = DEFAULT_MAX_LABEL_VALUES) -> None:
+        self.registry = registry
+        self.namespace = namespace
+        self.max_label_values = max_label_values
+        self.multiprocess = multiprocess_dir() is not None
+        self._warned: set[tuple[str, str]] = set()
+        self.families: dict[str, Family] = {}
+        prefix = f"{namespace}_" if namespace else ""
+        for spec in CATALOG:
+            if spec.name == "system_uptime_seconds":
+                continue
+            self.families[spec.name] = Family(spec, self._create(spec, prefix), self)
+        self.uptime_collector = _UptimeCollector(prefix + "system_uptime_seconds")
+        registry.register(self.uptime_collector)
+        f = self.families
+        self.http_requests = f["http_requests_total"]
+        self.http_duration = f["http_request_duration_seconds"]
+        self.http_errors = f["http_errors_total"]
+        self.http_in_progress = f["http_requests_in_progress"]
+        self.client_requests = f["http_client_requests_total"]
+        self.client_duration = f["http_client_request_duration_seconds"]
+        self.sse_connections = f["sse_connections_total"]
+        self.sse_active = f["sse_active_connections"]
+        self.sse_duration = f["sse_stream_duration_seconds"]
+        self.sse_ttfe = f["sse_time_to_first_event_seconds"]
+        self.sse_events = f["sse_events_total"]
+        self.sse_heartbeats = f["sse_heartbeats_total"]
+        self.sse_closed = f["sse_streams_closed_total"]
+        self.provider_requests = f["provider_requests_total"]
+        self.provider_errors = f["provider_errors_total"]
+        self.provider_duration = f["provider_request_duration_seconds"]
+        self.provider_ttft = f["provider_time_to_first_token_seconds"]
+        self.provider_tokens = f["provider_tokens_total"]
+        self.provider_inflight = f["provider_inflight_requests"]
+        self.token_cost = f["token_cost_usd_total"]
+        self.api_cost = f["api_cost_usd_total"]
+        self.unpriced = f["provider_unpriced_requests_total"]
+        self.cache_hits = f["cache_hits_total"]
+        self.cache_misses = f["cache_misses_total"]
+        self.cache_duration = f["cache_lookup_duration_seconds"]
+        self.traces = f["trace_requests_total"].child()
+        self.span_duration = f["span_duration_seconds"]
+        self.internal_errors = f["instrument_internal_errors_total"]
+        self.label_overflow = f["instrument_label_overflow_total"]
+
+    def _create(self, spec: MetricSpec, prefix: str) -> Any:
+        name = prefix + spec.name
+        common: dict[str, Any] = {"labelnames": spec.labels, "registry": self.registry}
+        if spec.kind == "counter":
+            return Counter(name, spec.help, **common)
+        if spec.kind == "histogram":
+            return Histogram(name, spec.help, buckets=spec.buckets, **common)
+        return Gauge(name, spec.help, multiprocess_mode=spec.multiprocess_mode, **common)
+
+    def unregister(self) -> None:
+        for family in self.families.values():
+            self.registry.unregister(family.metric)
+        self.registry.unregister(self.uptime_collector)
+
+    def exemplar(self) -> dict[str, str] | None:
+        """``{"trace_id": ...}`` for the current trace, when exemplars can be stored."""
+        ctx = _current.get()
+        if ctx is None or self.multiprocess or len(ctx.trace_id) > _MAX_EXEMPLAR_ID:
+            return None
+        return {"trace_id": ctx.trace_id}
+
+    def overflow(self, metric: str, label: str, value: str) -> None:
+        """Count a label value folded into ``other``; warn once per (metric, label)."""
+        if metric != "instrument_label_overflow_total":
+            self.label_overflow.child(metric, label).inc()
+        key = (metric, label)
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.bind(event="label_overflow", metric=metric, label=label,
+                        limit=self.max_label_values).warning(
+                "label {label} of {metric} reached {limit} values; new values are recorded as "
+                "'other'", label=label, metric=metric, limit=self.max_label_values)
+
+
+_lock = threading.Lock()
+_current_metrics: Metrics | None = None
+_reported: set[str] = set()
+
+
+def metrics_for(registry: CollectorRegistry | None = None, namespace: str | None = None) -> Metrics:
+    """The metrics registered in ``registry`` (created on first use, never twice)."""
+    if registry is None and namespace is None:
+        return current()
+    reg = registry if registry is not None else current().registry
+    ns = namespace if namespace is not None else ""
+    with _lock:
+        per_ns = _per_namespace(reg)
+        found = per_ns.get(ns)
+        if found is None:
+            found = per_ns[ns] = Metrics(reg, ns)
+        return found
+
+
+def current() -> Metrics:
+    """The metrics chosen by ``configure()`` (the default registry unless configured)."""
+    m = _current_metrics
+    if m is None:
+        return configure()
+    return m
+
+
+def configure(registry: CollectorRegistry | None = None, namespace: str = "",
+              max_label_values: int = DEFAULT_MAX_LABEL_VALUES) -> Metrics:
+    """Choose where the toolkit's metrics live. Optional: defaults to the default registry.
+
+    ``max_label_values`` bounds how many distinct values each label of each
+    metric may take; further values are recorded as ``other``.
+    """
+    global _current_metrics
+    if not isinstance(max_label_values, int) or max_label_values < 1:
+        raise ValueError(f"max_label_values must be a positive integer, got {max_label_values!r}")
+    if namespace and not namespace.replace("_", "a").isalnum():
+        raise ValueError(f"namespace must be letters, digits and underscores, got {namespace!r}")
+    reg = REGISTRY if registry is None else registry
+    with _lock:
+        per_ns = _per_namespace(reg)
+        m = per_ns.get(namespace)
+        if m is None:
+            m = per_ns[namespace] = Metrics(reg, namespace, max_label_values)
+        m.max_label_values = max_label_values
+        _current_metrics = m
+    if m.multiprocess:
+        _say_once("multiprocess", "PROMETHEUS_MULTIPROC_DIR is set: metrics are aggregated "
+                  "across worker processes; exemplars are unavailable in this mode")
+    return m
+
+
+def count_trace() -> None:
+    try:
+        current().traces.inc()
+    except Exception as exc:  # never let bookkeeping break the host
+        report_internal_error("trace_count", exc)
+
+
+def report_internal_error(where: str, exc: BaseException) -> None:
+    """Swallowed errors of the toolkit's own: counted, and logged once per place."""
+    try:
+        current().internal_errors.child(where).inc()
+        if where not in _reported:
+            _reported.add(where)
+            logger.bind(event="instrument_internal_error", where=where,
+                        error_type=type(exc).__name__).opt(exception=exc).error(
+                "instrument: internal error in {where} (swallowed; the application is unaffected)",
+                where=where)
+    except Exception:  # the error reporter itself must never raise
+        pass
+
+
+def _say_once(key: str, message: str) -> None:
+    if key not in _reported:
+        _reported.add(key)
+        logger.bind(event="instrument_notice").info(message)
+
+
+def _per_namespace(registry: CollectorRegistry) -> dict[str, Metrics]:
+    # Kept on the registry itself, so it lives and dies with it (a side table
+    # keyed by registry would keep every test's registry alive).
+    found: dict[str, Metrics] | None = getattr(registry, "_instrument_metrics", None)
+    if found is None:
+        found = {}
+        registry._instrument_metrics = found  # type: ignore[attr-defined]
+    return found

@@ -1,0 +1,130 @@
+"""Trace propagation over HTTP headers: ``X-Trace-ID`` and W3C ``traceparent``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from instrument._context import _current, is_valid_trace_id, is_w3c_trace_id, new_span_id
+
+TRACE_HEADER = "X-Trace-ID"
+TRACEPARENT = "traceparent"
+
+_TRACEPARENT = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?", re.ASCII)
+
+H = TypeVar("H")
+
+
+def get_header(headers: Any, name: str) -> str | None:
+    """A header's value, matched case-insensitively, from any common header container.
+
+    Works on plain dicts, lists of (name, value) pairs (``str`` or ASGI ``bytes``),
+    and the frameworks' case-insensitive header types (anything with ``.get``).
+    """
+    if headers is None:
+        return None
+    lname = name.lower()
+    if isinstance(headers, dict):
+        value = headers.get(name)
+        if value is None:
+            for key, val in headers.items():
+                if isinstance(key, str) and key.lower() == lname:
+                    value = val
+                    break
+        return _text(value)
+    if isinstance(headers, Mapping) or hasattr(headers, "getall") or (
+            hasattr(headers, "get") and not isinstance(headers, (list, tuple))):
+        return _text(headers.get(name))
+    bname = lname.encode("latin-1")
+    for pair in headers:
+        key = pair[0]
+        if (key.lower() == bname) if isinstance(key, bytes) else (key.lower() == lname):
+            return _text(pair[1])
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """(trace_id, parent_span_id) from a valid W3C ``traceparent``, else None."""
+    if not value:
+        return None
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_id, parent_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return trace_id, parent_id
+
+
+def extract_context(headers: Any) -> tuple[str | None, str | None]:
+    """(trace_id, remote parent span ID) from incoming headers.
+
+    Order: a valid ``X-Trace-ID``; else a valid ``traceparent``; else a present
+    but invalid ``X-Trace-ID`` (returned as-is so ``use_trace_id`` replaces it
+    and logs a warning); else (None, None).
+    """
+    trace_header = get_header(headers, TRACE_HEADER)
+    traceparent = parse_traceparent(get_header(headers, TRACEPARENT))
+    if trace_header is not None and is_valid_trace_id(trace_header):
+        parent = traceparent[1] if traceparent and traceparent[0] == trace_header else None
+        return trace_header, parent
+    if traceparent is not None:
+        return traceparent
+    return trace_header, None
+
+
+def extract_trace_id(headers: Any) -> str | None:
+    """The trace ID carried by incoming headers (``X-Trace-ID``, then ``traceparent``), or None."""
+    return extract_context(headers)[0]
+
+
+def trace_headers() -> list[tuple[str, str]]:
+    """The outgoing headers for the current trace: ``X-Trace-ID`` and, if W3C-shaped, ``traceparent``."""
+    ctx = _current.get()
+    if ctx is None:
+        return []
+    out = [(TRACE_HEADER, ctx.trace_id)]
+    if is_w3c_trace_id(ctx.trace_id):
+        out.append((TRACEPARENT, f"00-{ctx.trace_id}-{ctx.span_id or new_span_id()}-01"))
+    return out
+
+
+def inject_headers(headers: H) -> H:
+    """Add the current trace's headers to ``headers`` (dict, list of pairs, or a framework type).
+
+    Returns the same object. Outside a trace it adds nothing.
+    """
+    pairs = trace_headers()
+    if not pairs:
+        return headers
+    if isinstance(headers, list):
+        as_bytes = any(isinstance(p[0], bytes) for p in headers)
+        names = {n.lower() for n, _ in pairs}
+        headers[:] = [p for p in headers
+                      if (p[0].decode("latin-1") if isinstance(p[0], bytes) else p[0]).lower()
+                      not in names]
+        for name, value in pairs:
+            headers.append((name.lower().encode("latin-1"), value.encode("latin-1"))
+                           if as_bytes else (name, value))
+        return headers
+    if isinstance(headers, dict):
+        for name, value in pairs:
+            for key in [k for k in headers if isinstance(k, str) and k.lower() == name.lower()]:
+                del headers[key]
+            headers[name] = value
+        return headers
+    for name, value in pairs:  # case-insensitive framework types replace on assignment
+        headers[name] = value  # type: ignore[index]
+    return headers

@@ -1,0 +1,167 @@
+"""Spans: ``trace_span`` as a context manager (sync and async) and as a decorator."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import Token
+from time import perf_counter
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from loguru import logger
+
+from instrument import _metrics
+from instrument._context import TraceContext, _current, accept_trace_id, new_span_id, new_trace_id
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CANCELLED = ("CancelledError", "Cancelled", "GeneratorExit", "KeyboardInterrupt")
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """ok, error, or cancelled (task cancellation and early close are not errors)."""
+    if exc is None:
+        return "ok"
+    if type(exc).__name__ in _CANCELLED:
+        return "cancelled"
+    return "error"
+
+
+class Span:
+    """One timed unit of work inside a trace."""
+
+    __slots__ = ("attributes", "name", "parent_span_id", "span_id", "start", "trace_id")
+
+    def __init__(self, name: str, trace_id: str, span_id: str, parent_span_id: str | None,
+                 attributes: dict[str, Any]) -> None:
+        self.name = name
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.attributes = attributes
+        self.start = perf_counter()
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def __repr__(self) -> str:
+        return (f"Span(name={self.name!r}, trace_id={self.trace_id!r}, span_id={self.span_id!r}, "
+                f"parent_span_id={self.parent_span_id!r})")
+
+
+def open_span(name: str, attributes: dict[str, Any]) -> tuple[Span, Token[TraceContext | None]]:
+    """Start a span under the current one (or a new trace) and make it current."""
+    ctx = _current.get()
+    if ctx is None:
+        trace_id, parent = new_trace_id(), None
+        _metrics.count_trace()
+    else:
+        trace_id, parent = ctx
+    span = Span(name, trace_id, new_span_id(), parent, attributes)
+    return span, _current.set(TraceContext(trace_id, span.span_id))
+
+
+def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException | None,
+               metrics: _metrics.Metrics | None = None) -> float:
+    """Record the span's duration, log it at DEBUG, and restore the previous context."""
+    duration = perf_counter() - span.start
+    try:
+        m = metrics or _metrics.current()
+        exemplar = m.exemplar()
+        m.span_duration.child(span.name).observe(duration, exemplar)
+        outcome = outcome_of(exc)
+        logger.bind(event="span", span=span.name, duration_ms=round(duration * 1000, 3),
+                    outcome=outcome, error_type=type(exc).__name__ if exc else None,
+                    parent_span_id=span.parent_span_id, attributes=span.attributes).debug(
+            "span {span} {outcome}", span=span.name, outcome=outcome)
+    except Exception as err:
+        _metrics.report_internal_error("span", err)
+    finally:
+        try:
+            _current.reset(token)
+        except ValueError:
+            # closed in another context (e.g. a generator finalised by the GC):
+            # that context is gone, so there is nothing to restore
+            pass
+    return duration
+
+
+class SpanContext:
+    """What ``trace_span(...)`` returns: a context manager (sync/async) and a decorator."""
+
+    __slots__ = ("_attributes", "_name", "_span", "_token")
+
+    def __init__(self, name: str, attributes: dict[str, Any]) -> None:
+        self._name = name
+        self._attributes = attributes
+        self._span: Span | None = None
+        self._token: Token[TraceContext | None] | None = None
+
+    def __enter__(self) -> Span:
+        if self._span is not None:
+            raise RuntimeError("a trace_span(...) object is not re-entrant; create a new one")
+        self._span, self._token = open_span(self._name, dict(self._attributes))
+        return self._span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        span, token = self._span, self._token
+        self._span = self._token = None
+        if span is not None and token is not None:
+            close_span(span, token, exc)
+
+    async def __aenter__(self) -> Span:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, fn: F) -> F:
+        """Use as a decorator: each call runs in a fresh span of this name."""
+        name, attributes = self._name, self._attributes
+        if inspect.iscoroutinefunction(fn):
+            async_fn = cast(Callable[..., Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with SpanContext(name, attributes):
+                    return await async_fn(*args, **kwargs)
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with SpanContext(name, attributes):
+                return fn(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+
+def trace_span(name: str, /, **attributes: Any) -> SpanContext:
+    """Open a span: ``with trace_span("retrieve", k=5) as span:`` or ``@trace_span("retrieve")``.
+
+    A span opened inside another is its child in the same trace; opened outside
+    any trace, it starts a new one. On close, its duration goes to
+    ``span_duration_seconds{span}`` (with a trace-ID exemplar) and a DEBUG log line.
+    """
+    return SpanContext(name, attributes)
+
+
+@contextmanager
+def use_trace_id(trace_id: object, parent_span_id: str | None = None) -> Iterator[str]:
+    """Bind an externally supplied trace ID for the body; yields the ID actually used.
+
+    An invalid ID (empty, too long, spaces, newlines, non-ASCII) never raises:
+    it is replaced by a fresh one and a warning is logged with the value escaped.
+    """
+    accepted = accept_trace_id(trace_id)
+    _metrics.count_trace()
+    token = _current.set(TraceContext(accepted, parent_span_id))
+    try:
+        yield accepted
+    finally:
+        _current.reset(token)

@@ -1,0 +1,195 @@
+"""``/metrics/summary``: a JSON digest computed from the registry's histograms and counters.
+
+Percentiles are interpolated from histogram buckets the way PromQL's
+``histogram_quantile`` does, so the summary and the dashboard agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Quantile ``q`` from cumulative ``(upper_bound, count)`` pairs, as histogram_quantile does."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if math.isinf(upper):
+                return lower_bound  # the highest finite bound, as Prometheus does
+            if count == lower_count:
+                return upper
+            return lower_bound + (upper - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = upper, count
+    return lower_bound
+
+
+class _Hist:
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets: dict[float, float] = defaultdict(float)
+        self.count = 0.0
+        self.sum = 0.0
+
+    def digest(self) -> dict[str, Any]:
+        pairs = list(self.buckets.items())
+        p50, p95 = bucket_quantile(0.5, pairs), bucket_quantile(0.95, pairs)
+        return {
+            "count": int(self.count),
+            "mean_ms": _ms(self.sum / self.count) if self.count else None,
+            "p50_ms": _ms(p50),
+            "p95_ms": _ms(p95),
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+class _Index:
+    """Samples grouped by metric name (namespace stripped) and by selected labels."""
+
+    def __init__(self, families: Iterable[Metric], namespace: str) -> None:
+        prefix = f"{namespace}_" if namespace else ""
+        self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
+        self.hists: dict[str, list[tuple[dict[str, str], str, float]]] = defaultdict(list)
+        self.gauges: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
+        for family in families:
+            name = family.name
+            if prefix:
+                if not name.startswith(prefix):
+                    continue
+                name = name[len(prefix):]
+            for sample in family.samples:
+                if family.type == "counter" and sample.name.endswith("_total"):
+                    key = tuple(sorted(sample.labels.items()))
+                    self.counters[name + "_total"][key] += sample.value
+                elif family.type == "histogram":
+                    self.hists[name].append((sample.labels, sample.name[len(prefix):],
+                                             sample.value))
+                elif family.type in ("gauge", "untyped", "unknown"):
+                    self.gauges[name][tuple(sorted(sample.labels.items()))] += sample.value
+
+    def hist_by(self, name: str, keys: tuple[str, ...]) -> dict[tuple[str, ...], _Hist]:
+        out: dict[tuple[str, ...], _Hist] = defaultdict(_Hist)
+        for labels, sample_name, value in self.hists.get(name, ()):
+            h = out[tuple(labels.get(k, "") for k in keys)]
+            if sample_name.endswith("_bucket"):
+                h.buckets[float(labels["le"])] += value
+            elif sample_name.endswith("_count"):
+                h.count += value
+            elif sample_name.endswith("_sum"):
+                h.sum += value
+        return out
+
+    def counter_by(self, name: str, keys: tuple[str, ...],
+                   where: tuple[str, Any] | None = None) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = defaultdict(float)
+        for labels, value in self.counters.get(name, {}).items():
+            d = dict(labels)
+            if where is not None and not where[1](d.get(where[0], "")):
+                continue
+            out[tuple(d.get(k, "") for k in keys)] += value
+        return out
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]:
+    """The summary document served at ``/metrics/summary``."""
+    ix = _Index(families, namespace)
+
+    routes = []
+    totals = ix.counter_by("http_requests_total", ("method", "route"))
+    errors = ix.counter_by("http_requests_total", ("method", "route"),
+                           ("status", lambda s: s.startswith("5")))
+    durations = ix.hist_by("http_request_duration_seconds", ("method", "route"))
+    for key in sorted(set(totals) | set(durations)):
+        entry = {"method": key[0], "route": key[1], "requests": int(totals.get(key, 0)),
+                 "error_rate": _ratio(errors.get(key, 0), totals.get(key, 0))}
+        entry.update({k: v for k, v in durations[key].digest().items() if k != "count"})
+        routes.append(entry)
+
+    providers = []
+    calls = ix.counter_by("provider_requests_total", ("provider", "model"))
+    failed = ix.counter_by("provider_requests_total", ("provider", "model"),
+                           ("status", lambda s: s == "error"))
+    latency = ix.hist_by("provider_request_duration_seconds", ("provider", "model"))
+    ttft = ix.hist_by("provider_time_to_first_token_seconds", ("provider", "model"))
+    tokens = ix.counter_by("provider_tokens_total", ("provider", "model", "type"))
+    cost = ix.counter_by("token_cost_usd_total", ("provider", "model"))
+    unpriced = ix.counter_by("provider_unpriced_requests_total", ("provider", "model"))
+    api_cost = ix.counter_by("api_cost_usd_total", ("provider",))
+    for key in sorted(set(calls) | set(latency)):
+        lat = latency[key].digest() if key in latency else {}
+        first = ttft[key].digest() if key in ttft else {}
+        providers.append({
+            "provider": key[0], "model": key[1], "requests": int(calls.get(key, 0)),
+            "error_rate": _ratio(failed.get(key, 0), calls.get(key, 0)),
+            "p50_ms": lat.get("p50_ms"), "p95_ms": lat.get("p95_ms"),
+            "ttft_p50_ms": first.get("p50_ms"), "ttft_p95_ms": first.get("p95_ms"),
+            "tokens": {t: int(tokens.get((*key, t), 0))
+                       for t in ("input", "output", "cached_input")},
+            "cost_usd": round(cost.get(key, 0.0), 6),
+            "unpriced_requests": int(unpriced.get(key, 0)),
+        })
+
+    spans = []
+    span_hist = ix.hist_by("span_duration_seconds", ("span",))
+    for key in sorted(span_hist):
+        spans.append({"span": key[0], **span_hist[key].digest()})
+
+    caches = []
+    hits = ix.counter_by("cache_hits_total", ("cache",))
+    misses = ix.counter_by("cache_misses_total", ("cache",))
+    for key in sorted(set(hits) | set(misses)):
+        h, m = hits.get(key, 0), misses.get(key, 0)
+        caches.append({"cache": key[0], "hits": int(h), "misses": int(m),
+                       "hit_ratio": _ratio(h, h + m)})
+
+    sse = []
+    opened = ix.counter_by("sse_connections_total", ("endpoint",))
+    heartbeats = ix.counter_by("sse_heartbeats_total", ("endpoint",))
+    events = ix.counter_by("sse_events_total", ("endpoint",))
+    closed = ix.counter_by("sse_streams_closed_total", ("endpoint", "outcome"))
+    active = {tuple(v for k, v in labels if k == "endpoint"): value
+              for labels, value in ix.gauges.get("sse_active_connections", {}).items()}
+    sse_dur = ix.hist_by("sse_stream_duration_seconds", ("endpoint",))
+    for key in sorted(set(opened) | set(active)):
+        outcomes = {o: int(n) for (ep, o), n in closed.items() if ep == key[0]}
+        sse.append({"endpoint": key[0], "connections": int(opened.get(key, 0)),
+                    "active": int(active.get(key, 0)), "events": int(events.get(key, 0)),
+                    "heartbeats": int(heartbeats.get(key, 0)), "outcomes": outcomes,
+                    "duration": sse_dur[key].digest() if key in sse_dur else None})
+
+    uptime = ix.gauges.get("system_uptime_seconds", {}).get((), 0.0)
+    request_total = sum(totals.values())
+    return {
+        "uptime_seconds": round(uptime, 3),
+        "traces": int(sum(ix.counter_by("trace_requests_total", ()).values())),
+        "requests": {"total": int(request_total),
+                     "error_rate": _ratio(sum(errors.values()), request_total),
+                     "routes": routes},
+        "providers": providers,
+        "cost_usd": {"tokens": round(sum(cost.values()), 6),
+                     "api": {k[0]: round(v, 6) for k, v in api_cost.items()}},
+        "caches": caches,
+        "sse": sse,
+        "spans": spans,
+        "internal_errors": int(sum(ix.counter_by("instrument_internal_errors_total",
+                                                 ()).values())),
+    }

@@ -1,0 +1,78 @@
+"""Shared fixtures: a fresh registry and a clean loguru for every test, both async backends."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from loguru import logger
+from prometheus_client import CollectorRegistry
+
+import instrument
+from instrument import _logging, _metrics
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def registry() -> Iterator[CollectorRegistry]:
+    """Each test records into its own registry, read back with ``get_sample_value``."""
+    reg = CollectorRegistry()
+    instrument.configure(registry=reg)
+    yield reg
+    _metrics._current_metrics = None
+    _metrics._reported.clear()
+
+
+@pytest.fixture(autouse=True)
+def _clean_loguru() -> Iterator[None]:
+    logger.remove()
+    yield
+    logger.remove()
+    logger.configure(patcher=None)
+    _logging._sink_id = None
+
+
+class LogCapture:
+    """A stream sink collecting the JSON lines written by ``configure_logging``."""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.chunks.append(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every line parsed with ``json.loads`` (a line that is not JSON fails the test)."""
+        return [json.loads(line) for line in self.text.splitlines()]
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("event") == event]
+
+
+@pytest.fixture
+def logs() -> LogCapture:
+    """JSON logging at DEBUG into memory."""
+    capture = LogCapture()
+    instrument.configure_logging("DEBUG", sink=capture)
+    return capture
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
