@@ -1,0 +1,53 @@
+"""Test helpers: read metrics the way Prometheus does, over a real socket."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class Scrape:
+    """A parsed ``/metrics`` page (``prometheus_client.parser``), queryable by sample."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples = [s for family in text_string_to_metric_families(text)
+                        for s in family.samples]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The sum of samples named ``name`` whose labels include ``labels`` (None if none)."""
+        found = [s.value for s in self.samples
+                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+        return sum(found) if found else None
+
+    def labels_of(self, name: str) -> list[dict[str, str]]:
+        return [dict(s.labels) for s in self.samples if s.name == name]
+
+
+def scrape(url: str, accept: str | None = None) -> Scrape:
+    """GET a metrics URL and parse it."""
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return Scrape(resp.read().decode())
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A sample's value from the registry, 0.0 when absent."""
+    found = registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll until ``predicate()`` is truthy; fail with its last value otherwise."""
+    deadline = time.monotonic() + timeout
+    result = predicate()
+    while not result and time.monotonic() < deadline:
+        time.sleep(interval)
+        result = predicate()
+    assert result, f"condition not met within {timeout}s"
+    return result
