@@ -122,9 +122,7 @@ def _canonical_key(key: object, origin: str) -> str:
         provider, model = provider.strip(), model.strip()
         if sep and provider and model:
             return f"{_canonical_provider(provider)}/{model}"
-    raise ValueError(
-        f"{origin}: key {key!r} must be 'provider/model', e.g. 'openai/gpt-4o'"
-    )
+    raise ValueError(f"{origin}: key {key!r} must be 'provider/model', e.g. 'openai/gpt-4o'")
 
 
 def _parse_price(key: str, raw: object, origin: str) -> Price:
@@ -185,9 +183,7 @@ def _parse_document(data: object, origin: str) -> tuple[dict[str, Price], str | 
             ) from None
     models = data["models"]
     if not isinstance(models, Mapping):
-        raise ValueError(
-            f"{origin}: 'models' must be an object, got {type(models).__name__}"
-        )
+        raise ValueError(f"{origin}: 'models' must be an object, got {type(models).__name__}")
     return _parse_models(models, origin), as_of
 
 
@@ -203,9 +199,7 @@ class PriceTable:
     def __init__(
         self, prices: Mapping[str, Price | Mapping[str, float]], *, as_of: str | None = None
     ) -> None:
-        self._prices: Mapping[str, Price] = MappingProxyType(
-            _parse_models(prices, "price table")
-        )
+        self._prices: Mapping[str, Price] = MappingProxyType(_parse_models(prices, "price table"))
         #: the date the prices were taken, when known
         self.as_of = as_of
         self._memo: dict[tuple[str, str], Price | None] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,9 +69,3 @@ def logs() -> LogCapture:
     capture = LogCapture()
     instrument.configure_logging("DEBUG", sink=capture)
     return capture
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -51,3 +52,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         result = predicate()
     assert result, f"condition not met within {timeout}s"
     return result
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -157,9 +157,7 @@ def test_exact_snapshot_entry_wins_over_suffix_stripping() -> None:
 
 
 def test_prefix_match_picks_the_longest_on_a_dash_boundary() -> None:
-    table = PriceTable(
-        {"x/alpha": Price(1.0, 1.0), "x/alpha-beta": Price(2.0, 2.0)}, as_of=None
-    )
+    table = PriceTable({"x/alpha": Price(1.0, 1.0), "x/alpha-beta": Price(2.0, 2.0)}, as_of=None)
     assert table.lookup("x", "alpha-beta-gamma") == Price(2.0, 2.0)
     assert table.lookup("x", "alpha-betagamma") == Price(1.0, 1.0)
     assert table.lookup("x", "alphabet") is None
@@ -306,7 +304,7 @@ def test_bad_mapping_also_rejected_written_as_a_file(source: Any, tmp_path: Path
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(source), encoding="utf-8")
     before = price_table()
-    with pytest.raises(ValueError, match="bad.json"):
+    with pytest.raises(ValueError, match=r"bad\.json"):
         load_prices(path)
     assert price_table() is before
 
@@ -348,12 +346,33 @@ def test_error_message_names_the_model_and_the_field() -> None:
 # --- the shipped table -----------------------------------------------------
 
 REQUIRED = {
-    "openai": ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o1", "o3",
-               "o3-mini", "o4-mini", "gpt-3.5-turbo"],
-    "anthropic": ["claude-3-5-sonnet", "claude-3-5-haiku", "claude-3-opus", "claude-3-haiku",
-                  "claude-sonnet-4", "claude-opus-4"],
-    "google": ["gemini-1.5-pro", "gemini-1.5-flash", "gemini-2.0-flash", "gemini-2.5-pro",
-               "gemini-2.5-flash"],
+    "openai": [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1",
+        "gpt-4.1-mini",
+        "gpt-4.1-nano",
+        "o1",
+        "o3",
+        "o3-mini",
+        "o4-mini",
+        "gpt-3.5-turbo",
+    ],
+    "anthropic": [
+        "claude-3-5-sonnet",
+        "claude-3-5-haiku",
+        "claude-3-opus",
+        "claude-3-haiku",
+        "claude-sonnet-4",
+        "claude-opus-4",
+    ],
+    "google": [
+        "gemini-1.5-pro",
+        "gemini-1.5-flash",
+        "gemini-2.0-flash",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+    ],
     "mistral": ["mistral-large", "mistral-small", "codestral", "open-mistral-nemo"],
 }
 
