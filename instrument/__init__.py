@@ -8,6 +8,7 @@ lines are JSON through loguru. Framework adapters live in
 
 from __future__ import annotations
 
+from instrument._cache import record_cache, track_cache
 from instrument._catalog import CATALOG, MetricSpec
 from instrument._context import get_span_id, get_trace_id, new_trace_id
 from instrument._exposition import (
@@ -19,28 +20,40 @@ from instrument._exposition import (
 )
 from instrument._logging import configure_logging
 from instrument._metrics import configure
+from instrument._pricing import Price, get_price, load_prices
 from instrument._propagation import extract_trace_id, inject_headers, trace_headers
+from instrument._provider import record_usage, track_provider
 from instrument._span import Span, trace_span, use_trace_id
+from instrument._sse import HEARTBEAT, track_sse
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CATALOG",
+    "HEARTBEAT",
     "MetricSpec",
     "MetricsServer",
+    "Price",
     "Span",
     "configure",
     "configure_logging",
     "extract_trace_id",
+    "get_price",
     "get_span_id",
     "get_trace_id",
     "inject_headers",
+    "load_prices",
     "make_asgi_app",
     "make_wsgi_app",
     "metrics_summary",
     "new_trace_id",
+    "record_cache",
+    "record_usage",
     "start_http_server",
     "trace_headers",
     "trace_span",
+    "track_cache",
+    "track_provider",
+    "track_sse",
     "use_trace_id",
 ]

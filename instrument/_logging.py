@@ -36,10 +36,13 @@ _FRAMEWORK_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.er
 
 
 def is_secret_key(key: str) -> bool:
-    lowered = key.lower()
+    # Header spellings (``api-key``, Azure OpenAI's) are matched like field names.
+    lowered = key.lower().replace("-", "_")
     if lowered in _SAFE_KEYS:
         return False
-    return any(marker in lowered for marker in SECRET_KEYS)
+    # "tokens" (plural) names a count such as prompt_tokens, never a credential.
+    lowered = lowered.replace("tokens", "")
+    return any(marker.replace("-", "_") in lowered for marker in SECRET_KEYS)
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
@@ -134,7 +137,9 @@ class _GuardedStream:
         except Exception as exc:
             from instrument._metrics import report_internal_error
 
-            report_internal_error("log_sink", exc)
+            # Not through loguru: its handlers are not re-entrant, so logging from
+            # inside a sink only produces loguru's own error dump.
+            report_internal_error("log_sink", exc, via_logger=False)
 
 
 _sink_id: int | None = None

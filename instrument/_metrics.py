@@ -8,11 +8,14 @@ twice never registers a name twice.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from loguru import logger
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -32,6 +35,8 @@ _MAX_LABEL_LENGTH = 128
 _MAX_EXEMPLAR_ID = 128 - len("trace_id")
 
 PROCESS_START = time.time()
+# A metric-name prefix: what Prometheus accepts at the start of a name (ASCII only).
+_NAMESPACE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*", re.ASCII)
 
 
 def multiprocess_dir() -> str | None:
@@ -103,6 +108,9 @@ class Metrics:
         self.max_label_values = max_label_values
         self.multiprocess = multiprocess_dir() is not None
         self._warned: set[tuple[str, str]] = set()
+        self._registered: list[Any] = []
+        #: metric names another collector already owned in this registry
+        self.clashes: list[str] = []
         self.families: dict[str, Family] = {}
         prefix = f"{namespace}_" if namespace else ""
         for spec in CATALOG:
@@ -110,7 +118,11 @@ class Metrics:
                 continue
             self.families[spec.name] = Family(spec, self._create(spec, prefix), self)
         self.uptime_collector = _UptimeCollector(prefix + "system_uptime_seconds")
-        registry.register(self.uptime_collector)
+        try:
+            registry.register(self.uptime_collector)
+            self._registered.append(self.uptime_collector)
+        except ValueError:
+            self.clashes.append(prefix + "system_uptime_seconds")
         f = self.families
         self.http_requests = f["http_requests_total"]
         self.http_duration = f["http_request_duration_seconds"]
@@ -141,20 +153,51 @@ class Metrics:
         self.span_duration = f["span_duration_seconds"]
         self.internal_errors = f["instrument_internal_errors_total"]
         self.label_overflow = f["instrument_label_overflow_total"]
+        if self.clashes:
+            self._report_clashes()
 
     def _create(self, spec: MetricSpec, prefix: str) -> Any:
-        name = prefix + spec.name
-        common: dict[str, Any] = {"labelnames": spec.labels, "registry": self.registry}
+        try:
+            metric = self._build(spec, prefix + spec.name, self.registry)
+        except ValueError:
+            # The name is valid (the namespace is checked), so the registry
+            # already holds it: another library's metric, e.g. an
+            # ``http_requests_total`` of its own. Keep an unregistered twin so
+            # every other metric and the host keep working.
+            self.clashes.append(prefix + spec.name)
+            return self._build(spec, prefix + spec.name, None)
+        self._registered.append(metric)
+        return metric
+
+    @staticmethod
+    def _build(spec: MetricSpec, name: str, registry: CollectorRegistry | None) -> Any:
+        common: dict[str, Any] = {"labelnames": spec.labels, "registry": registry}
         if spec.kind == "counter":
             return Counter(name, spec.help, **common)
         if spec.kind == "histogram":
             return Histogram(name, spec.help, buckets=spec.buckets, **common)
-        return Gauge(name, spec.help, multiprocess_mode=spec.multiprocess_mode, **common)
+        mode = cast(Any, spec.multiprocess_mode)  # a Literal in prometheus-client's stubs
+        return Gauge(name, spec.help, multiprocess_mode=mode, **common)
+
+    def _report_clashes(self) -> None:
+        # Not report_internal_error(): that reads current(), which may be this
+        # very object under construction.
+        try:
+            self.internal_errors.child("registry").inc(len(self.clashes))
+            if "registry" not in _reported:
+                _reported.add("registry")
+                logger.bind(event="instrument_internal_error", where="registry",
+                            metrics=list(self.clashes)).error(
+                    "instrument: metrics {metrics} are already registered by another collector; "
+                    "the toolkit's own are not exposed (the application is unaffected)",
+                    metrics=", ".join(self.clashes))
+        except Exception:
+            pass
 
     def unregister(self) -> None:
-        for family in self.families.values():
-            self.registry.unregister(family.metric)
-        self.registry.unregister(self.uptime_collector)
+        for collector in self._registered:
+            self.registry.unregister(collector)
+        self._registered.clear()
 
     def exemplar(self) -> dict[str, str] | None:
         """``{"trace_id": ...}`` for the current trace, when exemplars can be stored."""
@@ -211,10 +254,15 @@ def configure(registry: CollectorRegistry | None = None, namespace: str = "",
     metric may take; further values are recorded as ``other``.
     """
     global _current_metrics
-    if not isinstance(max_label_values, int) or max_label_values < 1:
+    if (not isinstance(max_label_values, int) or isinstance(max_label_values, bool)
+            or max_label_values < 1):
         raise ValueError(f"max_label_values must be a positive integer, got {max_label_values!r}")
-    if namespace and not namespace.replace("_", "a").isalnum():
-        raise ValueError(f"namespace must be letters, digits and underscores, got {namespace!r}")
+    if not isinstance(namespace, str) or (namespace and not _NAMESPACE.fullmatch(namespace)):
+        raise ValueError("namespace must be ASCII letters, digits and underscores, not starting "
+                         f"with a digit, got {namespace!r}")
+    if registry is not None and not isinstance(registry, CollectorRegistry):
+        raise ValueError(f"registry must be a prometheus_client CollectorRegistry, got "
+                         f"{type(registry).__name__}")
     reg = REGISTRY if registry is None else registry
     with _lock:
         per_ns = _per_namespace(reg)
@@ -236,17 +284,35 @@ def count_trace() -> None:
         report_internal_error("trace_count", exc)
 
 
-def report_internal_error(where: str, exc: BaseException) -> None:
-    """Swallowed errors of the toolkit's own: counted, and logged once per place."""
+def report_internal_error(where: str, exc: BaseException, *, via_logger: bool = True) -> None:
+    """Swallowed errors of the toolkit's own: counted, and reported once per place.
+
+    ``via_logger=False`` reports with one JSON line on stderr instead of a log
+    record: for errors raised inside a log sink, where logging again cannot work.
+    """
+    # The error reporter itself must never raise; counting and reporting are
+    # guarded separately so a broken registry still gets its one report.
     try:
         current().internal_errors.child(where).inc()
-        if where not in _reported:
-            _reported.add(where)
+    except Exception:
+        pass
+    try:
+        if where in _reported:
+            return
+        _reported.add(where)
+        if via_logger:
             logger.bind(event="instrument_internal_error", where=where,
                         error_type=type(exc).__name__).opt(exception=exc).error(
                 "instrument: internal error in {where} (swallowed; the application is unaffected)",
                 where=where)
-    except Exception:  # the error reporter itself must never raise
+        else:
+            sys.stderr.write(json.dumps({
+                "level": "ERROR", "event": "instrument_internal_error", "where": where,
+                "error_type": type(exc).__name__, "error": str(exc)[:200],
+                "message": f"instrument: internal error in {where} (swallowed; the application "
+                           "is unaffected)"}, ensure_ascii=True) + "\n")
+            sys.stderr.flush()
+    except Exception:
         pass
 
 

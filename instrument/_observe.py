@@ -1,0 +1,54 @@
+"""What the decorators share: a span that is current only while the wrapped code runs."""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Any
+
+from instrument import _metrics
+from instrument._context import TraceContext, _current, new_span_id, new_trace_id
+from instrument._engine import Observer
+
+
+class TracedObserver(Observer):
+    """An observer whose call runs in its own child span (or a new trace).
+
+    The span is not logged or measured as a span: the decorator's own metrics
+    already time it. It exists so nested calls and log lines carry the trace.
+    """
+
+    __slots__ = ("metrics", "parent_span_id", "start", "trace")
+
+    def __init__(self, metrics: _metrics.Metrics) -> None:
+        self.ended = False
+        self.metrics = metrics
+        self.start = perf_counter()
+        ctx = _current.get()
+        if ctx is None:
+            metrics.traces.inc()
+            self.trace = TraceContext(new_trace_id(), new_span_id())
+            self.parent_span_id: str | None = None
+        else:
+            self.trace = TraceContext(ctx.trace_id, new_span_id())
+            self.parent_span_id = ctx.span_id
+
+    def enter(self) -> Any:
+        return _current.set(self.trace)
+
+    def leave(self, state: Any) -> None:
+        try:
+            _current.reset(state)
+        except ValueError:  # entered in another context (a GC finaliser): nothing to undo
+            pass
+
+    def exemplar(self) -> dict[str, str] | None:
+        """The call's own trace ID as an exemplar (the span is no longer current at ``end``)."""
+        token = _current.set(self.trace)
+        try:
+            return self.metrics.exemplar()
+        finally:
+            _current.reset(token)
+
+
+def resolve_metrics(registry: Any) -> _metrics.Metrics:
+    return _metrics.current() if registry is None else _metrics.metrics_for(registry)

@@ -1,0 +1,273 @@
+"""``@track_provider``: latency, errors, time to first token, tokens and cost of LLM calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from time import perf_counter
+from typing import Any, TypeVar
+
+from loguru import logger
+
+from instrument import _metrics, _pricing
+from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
+from instrument._logging import redact
+from instrument._observe import TracedObserver, resolve_metrics
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+UNKNOWN_MODEL = "unknown"
+_STATUS = {OK: "ok", ERROR: "error", CANCELLED: "cancelled", CLOSED: "cancelled"}
+_MAX_LOGGED_CHARS = 2000
+
+_active_call: ContextVar[ProviderCall | None] = ContextVar("instrument_provider_call",
+                                                           default=None)
+_warned_unpriced: set[tuple[str, str]] = set()
+
+
+class Usage:
+    """Token counts of one call. ``input`` includes ``cached_input`` (OpenAI's convention)."""
+
+    __slots__ = ("api_cost_usd", "cached_input", "cost_usd", "explicit", "input", "output")
+
+    def __init__(self) -> None:
+        self.input = 0
+        self.output = 0
+        self.cached_input = 0
+        self.cost_usd: float | None = None
+        self.api_cost_usd = 0.0
+        self.explicit = False
+
+    @property
+    def seen(self) -> bool:
+        return bool(self.input or self.output or self.cached_input)
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def read_usage(obj: Any) -> tuple[int, int, int] | None:
+    """(input incl. cached, output, cached input) from an OpenAI- or Anthropic-style object.
+
+    Looks at ``obj.usage`` (responses and final stream chunks) and
+    ``obj.message.usage`` (Anthropic's ``message_start`` event). None if absent.
+    """
+    usage = _field(obj, "usage")
+    if usage is None:
+        message = _field(obj, "message")
+        usage = _field(message, "usage") if message is not None else None
+    if usage is None or isinstance(usage, (str, bytes, int, float)):
+        return None
+    prompt = _int(_field(usage, "prompt_tokens"))
+    if prompt is not None:  # OpenAI: prompt_tokens includes cached tokens
+        details = _field(usage, "prompt_tokens_details")
+        cached = _int(_field(details, "cached_tokens")) if details is not None else None
+        return prompt, _int(_field(usage, "completion_tokens")) or 0, cached or 0
+    anthropic_in = _int(_field(usage, "input_tokens"))
+    output = _int(_field(usage, "output_tokens"))
+    if anthropic_in is None and output is None:
+        return None
+    # Anthropic: input_tokens excludes cache reads and writes; add them back so
+    # "input" means all prompt tokens, of which cache reads are "cached_input".
+    cache_read = _int(_field(usage, "cache_read_input_tokens")) or 0
+    cache_write = _int(_field(usage, "cache_creation_input_tokens")) or 0
+    details = _field(usage, "input_tokens_details")  # OpenAI Responses API
+    cached = _int(_field(details, "cached_tokens")) if details is not None else None
+    if cached is not None:
+        return anthropic_in or 0, output or 0, cached
+    return (anthropic_in or 0) + cache_read + cache_write, output or 0, cache_read
+
+
+class ProviderCall(TracedObserver):
+    """One provider call, streamed or not."""
+
+    __slots__ = ("first_at", "kwargs", "log_io", "model", "operation", "provider", "usage")
+
+    def __init__(self, metrics: _metrics.Metrics, provider: str, model: str, operation: str,
+                 log_io: bool, kwargs: dict[str, Any] | None) -> None:
+        super().__init__(metrics)
+        self.provider = provider
+        self.model = model
+        self.operation = operation
+        self.log_io = log_io
+        self.kwargs = kwargs
+        self.usage = Usage()
+        self.first_at = 0.0
+        metrics.provider_inflight.child(provider).inc()
+
+    def enter(self) -> Any:
+        return super().enter(), _active_call.set(self)
+
+    def leave(self, state: Any) -> None:
+        trace_token, call_token = state
+        try:
+            _active_call.reset(call_token)
+        except ValueError:
+            pass
+        super().leave(trace_token)
+
+    def item(self, value: Any) -> Any:
+        if not self.first_at:
+            self.first_at = perf_counter()
+        if not self.usage.explicit and not isinstance(value, (str, bytes)):
+            found = read_usage(value)
+            if found is not None:
+                self._merge(found)
+        return value
+
+    def _merge(self, found: tuple[int, int, int]) -> None:
+        # stream chunks report cumulative usage: keep the latest non-zero figure
+        u = self.usage
+        u.input = found[0] or u.input
+        u.output = found[1] or u.output
+        u.cached_input = found[2] or u.cached_input
+
+    def record(self, input_tokens: int, output_tokens: int, cached_input_tokens: int,
+               cost_usd: float | None, api_cost_usd: float) -> None:
+        u = self.usage
+        u.explicit = True
+        u.input += input_tokens
+        u.output += output_tokens
+        u.cached_input += cached_input_tokens
+        if cost_usd is not None:
+            u.cost_usd = (u.cost_usd or 0.0) + cost_usd
+        u.api_cost_usd += api_cost_usd
+
+    def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
+        now = perf_counter()
+        m, provider, model, u = self.metrics, self.provider, self.model, self.usage
+        if result is not None and not u.explicit:
+            found = read_usage(result)
+            if found is not None:
+                self._merge(found)
+        m.provider_inflight.child(provider).dec()
+        status = _STATUS[outcome]
+        m.provider_requests.child(provider, model, status).inc()
+        if status == "error" and exc is not None:
+            m.provider_errors.child(provider, model, type(exc).__name__).inc()
+        exemplar = self.exemplar()
+        latency = now - self.start
+        m.provider_duration.child(provider, model).observe(latency, exemplar)
+        ttft = self.first_at - self.start if self.first_at else None
+        if ttft is not None:
+            m.provider_ttft.child(provider, model).observe(ttft, exemplar)
+        cost = self._account(status)
+        self._log(status, exc, latency, ttft, cost, result)
+
+    def _account(self, status: str) -> float | None:
+        """Tokens and cost; returns the token cost in USD, None when it could not be priced."""
+        m, provider, model, u = self.metrics, self.provider, self.model, self.usage
+        if u.seen:
+            tokens = m.provider_tokens
+            if u.input:
+                tokens.child(provider, model, "input").inc(u.input)
+            if u.output:
+                tokens.child(provider, model, "output").inc(u.output)
+            if u.cached_input:
+                tokens.child(provider, model, "cached_input").inc(u.cached_input)
+        if u.api_cost_usd:
+            m.api_cost.child(provider).inc(u.api_cost_usd)
+        cost = u.cost_usd
+        if cost is None and u.seen:
+            price = _pricing.get_price(provider, model)
+            if price is not None:
+                cost = _pricing.cost_usd(price, u.input, u.output, u.cached_input)
+        if cost is not None:
+            if cost > 0:
+                m.token_cost.child(provider, model).inc(cost)
+            return cost
+        if status == "ok" or u.seen:
+            # never a silent $0: no usage reported, or a model without a price
+            m.unpriced.child(provider, model).inc()
+            key = (provider, model)
+            if key not in _warned_unpriced:
+                _warned_unpriced.add(key)
+                logger.bind(event="unpriced_model", provider=provider, model=model,
+                            trace_id=self.trace.trace_id).warning(
+                    "no price or no usage for {provider}/{model}: its cost is not counted; "
+                    "add it with instrument.load_prices() or call record_usage(cost_usd=...)",
+                    provider=provider, model=model)
+        return None
+
+    def _log(self, status: str, exc: BaseException | None, latency: float, ttft: float | None,
+             cost: float | None, result: Any) -> None:
+        u = self.usage
+        fields: dict[str, Any] = {
+            "event": "provider_call", "provider": self.provider, "model": self.model,
+            "operation": self.operation, "status": status,
+            "latency_ms": round(latency * 1000, 3),
+            "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
+            "input_tokens": u.input, "output_tokens": u.output,
+            "cached_input_tokens": u.cached_input,
+            "cost_usd": round(cost, 8) if cost is not None else None,
+            "trace_id": self.trace.trace_id, "span_id": self.trace.span_id,
+        }
+        if exc is not None and status == "error":
+            fields["error_type"] = type(exc).__name__
+        if self.log_io:
+            fields["request"] = _truncate(redact(self.kwargs or {}))
+            if result is not None:
+                fields["response"] = _truncate(result)
+        level = "WARNING" if status == "error" else "INFO"
+        logger.bind(**fields).log(level, "provider call {provider}/{model} {status}",
+                                  provider=self.provider, model=self.model, status=status)
+
+
+def _truncate(value: Any) -> Any:
+    text = value if isinstance(value, (dict, list)) else repr(value)
+    if isinstance(text, str) and len(text) > _MAX_LOGGED_CHARS:
+        return text[:_MAX_LOGGED_CHARS] + "...(truncated)"
+    return text
+
+
+def record_usage(input_tokens: int = 0, output_tokens: int = 0, cached_input_tokens: int = 0,
+                 cost_usd: float | None = None, api_cost_usd: float = 0.0) -> bool:
+    """Attribute usage to the current ``@track_provider`` call.
+
+    ``input_tokens`` includes ``cached_input_tokens`` (priced at the cached
+    rate, never twice). ``cost_usd`` overrides the price table;
+    ``api_cost_usd`` is a flat per-request fee. Returns False (and records
+    nothing) outside a provider call. Several calls add up.
+    """
+    call = _active_call.get()
+    if call is None or call.ended:
+        return False
+    values = (input_tokens, output_tokens, cached_input_tokens)
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
+        raise ValueError(f"token counts must be non-negative integers, got {values!r}")
+    for fee in (cost_usd, api_cost_usd):
+        if fee is not None and (not isinstance(fee, (int, float)) or fee < 0 or fee != fee):
+            raise ValueError(f"costs must be non-negative numbers, got {fee!r}")
+    call.record(input_tokens, output_tokens, cached_input_tokens, cost_usd, api_cost_usd)
+    return True
+
+
+def track_provider(provider: str, model: str | None = None, *, operation: str = "chat",
+                   log_io: bool = False, registry: Any = None) -> Callable[[F], F]:
+    """Observe calls to an LLM provider: sync or async, plain or streaming.
+
+    ``model`` is fixed here or read per call from the call's ``model=`` keyword.
+    Prompts and responses are logged only with ``log_io=True`` (secrets redacted).
+    """
+    if not isinstance(provider, str) or not provider:
+        raise ValueError(f"provider must be a non-empty string, got {provider!r}")
+    if model is not None and not isinstance(model, str):
+        raise ValueError(f"model must be a string or None, got {model!r}")
+
+    def decorate(func: F) -> F:
+        def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProviderCall:
+            metrics = resolve_metrics(registry)
+            name = model or kwargs.get("model") or UNKNOWN_MODEL
+            return ProviderCall(metrics, provider, name if isinstance(name, str) else str(name),
+                                operation, log_io, kwargs if log_io else None)
+
+        return instrument_callable(func, start)
+
+    return decorate
