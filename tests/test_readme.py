@@ -1,0 +1,80 @@
+"""The README's snippets run exactly as written and produce what the README says."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port, wait_until
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def snippet(name: str) -> str:
+    """The python block that follows ``<!-- readme-test: name -->`` in the README."""
+    match = re.search(rf"<!-- readme-test: {name} -->\n```python\n(.*?)```", README.read_text(),
+                      re.S)
+    assert match, f"README has no snippet tagged {name}"
+    return match.group(1)
+
+
+def expected_block(after: str) -> list[str]:
+    text = README.read_text()
+    start = text.index(after)
+    match = re.search(r"```text\n(.*?)```", text[start:], re.S)
+    assert match
+    return match.group(1).strip().splitlines()
+
+
+def test_quickstart_has_exactly_the_two_setup_commands() -> None:
+    quick = README.read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", quick, re.S)
+    assert block
+    commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+    assert [c for c in commands if c] == ["make demo", "make test"]
+
+
+@pytest.mark.slow
+def test_core_snippet_serves_its_span_in_the_summary(tmp_path: Path) -> None:
+    script = tmp_path / "core.py"
+    script.write_text(snippet("core"))
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "SERVE_SECONDS": "30"}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("trace "), line
+        trace_id = line.split()[1]
+        assert re.fullmatch(r"[0-9a-f]{32}", trace_id)
+
+        def summary() -> dict | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics/summary") as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+
+        doc = wait_until(summary)
+        spans = {s["span"]: s for s in doc["spans"]}
+        assert spans["demo"]["count"] == 1
+        assert spans["demo"]["p50_ms"] > 0
+        assert doc["traces"] == 1
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_decorators_snippet_prints_the_metrics_the_readme_shows(tmp_path: Path) -> None:
+    script = tmp_path / "decorators.py"
+    script.write_text(snippet("decorators"))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip().splitlines()
+    assert out == expected_block("<!-- readme-test: decorators -->")
