@@ -10,7 +10,7 @@ from loguru import logger
 
 from instrument import _metrics
 from instrument._engine import OK, Observer, instrument_callable
-from instrument._observe import resolve_metrics
+from instrument._observe import log_enabled, resolve_metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +42,8 @@ class CacheLookup(Observer):
 
 def _count(m: _metrics.Metrics, cache: str, hit: bool, duration: float | None) -> None:
     (m.cache_hits if hit else m.cache_misses).child(cache).inc()
+    if not log_enabled(10):
+        return
     logger.bind(event="cache", cache=cache, hit=hit,
                 latency_ms=round(duration * 1000, 3) if duration is not None else None).debug(
         "cache {cache} {result}", cache=cache, result="hit" if hit else "miss")

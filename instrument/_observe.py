@@ -5,6 +5,8 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
+from loguru import logger
+
 from instrument import _metrics
 from instrument._context import TraceContext, _current, new_span_id, new_trace_id
 from instrument._engine import Observer
@@ -43,12 +45,23 @@ class TracedObserver(Observer):
 
     def exemplar(self) -> dict[str, str] | None:
         """The call's own trace ID as an exemplar (the span is no longer current at ``end``)."""
-        token = _current.set(self.trace)
-        try:
-            return self.metrics.exemplar()
-        finally:
-            _current.reset(token)
+        trace_id = self.trace.trace_id
+        if self.metrics.multiprocess or len(trace_id) > _metrics.MAX_EXEMPLAR_ID:
+            return None
+        return {"trace_id": trace_id}
 
 
 def resolve_metrics(registry: Any) -> _metrics.Metrics:
     return _metrics.current() if registry is None else _metrics.metrics_for(registry)
+
+
+def log_enabled(level_no: int) -> bool:
+    """Whether any loguru sink would take a record of this level.
+
+    Lets hot paths skip building a structured event nobody will read. Reads
+    loguru's own cached minimum; if its internals ever change, we just log.
+    """
+    try:
+        return bool(level_no >= logger._core.min_level)  # type: ignore[attr-defined]
+    except AttributeError:
+        return True

@@ -12,7 +12,7 @@ from loguru import logger
 from instrument import _metrics, _pricing
 from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
 from instrument._logging import redact
-from instrument._observe import TracedObserver, resolve_metrics
+from instrument._observe import TracedObserver, log_enabled, resolve_metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -159,7 +159,8 @@ class ProviderCall(TracedObserver):
         if ttft is not None:
             m.provider_ttft.child(provider, model).observe(ttft, exemplar)
         cost = self._account(status)
-        self._log(status, exc, latency, ttft, cost, result)
+        if log_enabled(30 if status == "error" else 20):
+            self._log(status, exc, latency, ttft, cost, result)
 
     def _account(self, status: str) -> float | None:
         """Tokens and cost; returns the token cost in USD, None when it could not be priced."""

@@ -21,7 +21,7 @@ from instrument._engine import (
     outcome_for,
 )
 from instrument._http import current_request
-from instrument._observe import TracedObserver, resolve_metrics
+from instrument._observe import TracedObserver, log_enabled, resolve_metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,6 +108,8 @@ class SSEStream(TracedObserver):
         m.sse_active.child(endpoint).dec()
         m.sse_duration.child(endpoint).observe(duration, self.exemplar())
         m.sse_closed.child(endpoint, label).inc()
+        if not log_enabled(20):
+            return
         logger.bind(event="sse_stream", endpoint=endpoint, outcome=label,
                     duration_ms=round(duration * 1000, 3), events=self.events,
                     heartbeats=self.heartbeats,
