@@ -1,0 +1,1 @@
+"""Benchmarks: cost ratios against hand-written metrics and the alternatives, in one run."""

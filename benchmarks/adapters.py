@@ -1,0 +1,192 @@
+"""Per-request cost of the server adapters next to the popular alternatives, in one run.
+
+FastAPI apps are driven in-process through the ASGI callable, Flask apps
+through the WSGI callable, so the figures are the middleware's own cost (no
+sockets, no server). For each framework: a bare app, ours with access logs
+off, ours with access logs on (into a null sink), and the alternative
+(prometheus-fastapi-instrumentator / prometheus-flask-exporter). Rounds
+alternate between the apps; medians are reported, and the ratio of what we
+add to what the alternative adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+from prometheus_client import CollectorRegistry
+
+import instrument
+
+
+def _null_logging(on: bool) -> None:
+    logger.remove()
+    if on:
+        instrument.configure_logging("INFO", sink=open("/dev/null", "w"),  # noqa: SIM115
+                                     intercept_stdlib=False)
+
+
+# -- FastAPI ------------------------------------------------------------------------------
+
+def _fastapi_app() -> Any:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    return app
+
+
+def _asgi_runner(app: Any) -> Callable[[int], Any]:
+    scope_base = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                  "method": "GET", "scheme": "http", "root_path": "", "query_string": b"",
+                  "headers": [(b"host", b"bench"), (b"x-trace-id", b"bench-trace-1")],
+                  "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    request = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return request
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async def run(n: int) -> None:
+        for i in range(n):
+            scope = dict(scope_base, path=f"/items/{i % 50}", raw_path=f"/items/{i % 50}".encode())
+            await app(scope, receive, send)
+
+    return run
+
+
+def bench_fastapi(n: int, rounds: int) -> dict[str, float]:
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    from instrument.adapters.starlette import instrument_app
+
+    instrument.configure(registry=CollectorRegistry())
+    bare = _fastapi_app()
+    ours = instrument_app(_fastapi_app(), access_log=False)
+    ours_log = instrument_app(_fastapi_app(), access_log=True)
+    theirs = _fastapi_app()
+    Instrumentator(registry=CollectorRegistry()).instrument(theirs)
+    apps = {"bare": bare, "ours": ours, "ours_access_log": ours_log, "instrumentator": theirs}
+    return _measure({k: _asgi_runner(v) for k, v in apps.items()}, n, rounds, asyncio_=True,
+                    alternative="instrumentator")
+
+
+# -- Flask --------------------------------------------------------------------------------
+
+def _flask_app() -> Any:
+    from flask import Flask
+
+    app = Flask(__name__)
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    return app
+
+
+def _wsgi_runner(app: Any) -> Callable[[int], Any]:
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return None
+
+    def run(n: int) -> None:
+        for i in range(n):
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/items/{i % 50}",
+                       "QUERY_STRING": "", "SERVER_NAME": "bench", "SERVER_PORT": "80",
+                       "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+                       "wsgi.input": io.BytesIO(b""), "wsgi.errors": io.StringIO(),
+                       "wsgi.multithread": False, "wsgi.multiprocess": False,
+                       "wsgi.run_once": False, "REMOTE_ADDR": "127.0.0.1",
+                       "REMOTE_PORT": "5000", "HTTP_X_TRACE_ID": "bench-trace-1"}
+            body = app(environ, start_response)
+            for _chunk in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+    return run
+
+
+def bench_flask(n: int, rounds: int) -> dict[str, float]:
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    from instrument.adapters.flask import instrument_app
+
+    instrument.configure(registry=CollectorRegistry())
+    bare = _flask_app()
+    ours = _flask_app()
+    instrument_app(ours, access_log=False)
+    ours_log = _flask_app()
+    instrument_app(ours_log, access_log=True)
+    theirs = _flask_app()
+    PrometheusMetrics(theirs, registry=CollectorRegistry())
+    apps = {"bare": bare, "ours": ours, "ours_access_log": ours_log, "exporter": theirs}
+    return _measure({k: _wsgi_runner(v) for k, v in apps.items()}, n, rounds, asyncio_=False,
+                    alternative="exporter")
+
+
+# -- shared -------------------------------------------------------------------------------
+
+def _measure(runners: dict[str, Callable[[int], Any]], n: int, rounds: int, *, asyncio_: bool,
+             alternative: str) -> dict[str, float]:
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+
+    def timed(name: str, run: Callable[[int], Any]) -> float:
+        _null_logging(name == "ours_access_log")
+        start = time.perf_counter()
+        if asyncio_:
+            asyncio.run(run(n))
+        else:
+            run(n)
+        return (time.perf_counter() - start) / n * 1e6
+
+    for name, run in runners.items():  # warm-up: first requests build caches
+        timed(name, run)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            samples[name].append(timed(name, run))
+    _null_logging(False)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    bare = med["bare"]
+    out = {"bare_us": bare}
+    for name in runners:
+        if name != "bare":
+            out[f"{name}_added_us"] = med[name] - bare
+    out["ratio"] = out["ours_added_us"] / out[f"{alternative}_added_us"]
+    return out
+
+
+def main(quick: bool = False) -> dict[str, dict[str, float]]:
+    n, rounds = (50, 1) if quick else (3000, 7)
+    return {"fastapi": bench_fastapi(n, rounds), "flask": bench_flask(n, rounds)}
+
+
+def report(results: dict[str, dict[str, float]]) -> str:
+    f, k = results["fastapi"], results["flask"]
+    return "\n".join([
+        "adapters (in-process, per request, median of rounds)",
+        f"  FastAPI: bare {f['bare_us']:.1f} us; added: ours {f['ours_added_us']:.1f} us, "
+        f"ours+access log {f['ours_access_log_added_us']:.1f} us, "
+        f"prometheus-fastapi-instrumentator {f['instrumentator_added_us']:.1f} us; "
+        f"ratio {f['ratio']:.2f}x (target <= 0.25x)",
+        f"  Flask: bare {k['bare_us']:.1f} us; added: ours {k['ours_added_us']:.1f} us, "
+        f"ours+access log {k['ours_access_log_added_us']:.1f} us, "
+        f"prometheus-flask-exporter {k['exporter_added_us']:.1f} us; "
+        f"ratio {k['ratio']:.2f}x (target <= 0.25x)",
+    ])
+
+
+if __name__ == "__main__":
+    print(report(main()))

@@ -1,0 +1,25 @@
+"""Run every benchmark and print the ratios: ``make bench`` (``--quick`` for CI's smoke run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from benchmarks import adapters, decorators
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: proves it runs")
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    args = parser.parse_args()
+    results = {"decorators": decorators.main(args.quick), "adapters": adapters.main(args.quick)}
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(decorators.report(results["decorators"]))
+        print(adapters.report(results["adapters"]))
+
+
+if __name__ == "__main__":
+    main()
