@@ -132,7 +132,10 @@ class ProviderCall(TracedObserver):
     def record(self, input_tokens: int, output_tokens: int, cached_input_tokens: int,
                cost_usd: float | None, api_cost_usd: float) -> None:
         u = self.usage
-        u.explicit = True
+        if not u.explicit:
+            # explicit figures replace what was read from stream chunks so far
+            u.explicit = True
+            u.input = u.output = u.cached_input = 0
         u.input += input_tokens
         u.output += output_tokens
         u.cached_input += cached_input_tokens
@@ -151,7 +154,7 @@ class ProviderCall(TracedObserver):
         status = _STATUS[outcome]
         m.provider_requests.child(provider, model, status).inc()
         if status == "error" and exc is not None:
-            m.provider_errors.child(provider, model, type(exc).__name__).inc()
+            m.provider_errors.child(provider, model, error_type(exc)).inc()
         exemplar = self.exemplar()
         latency = now - self.start
         m.provider_duration.child(provider, model).observe(latency, exemplar)
@@ -211,7 +214,7 @@ class ProviderCall(TracedObserver):
             "trace_id": self.trace.trace_id, "span_id": self.trace.span_id,
         }
         if exc is not None and status == "error":
-            fields["error_type"] = type(exc).__name__
+            fields["error_type"] = error_type(exc)
         if self.log_io:
             fields["request"] = _truncate(redact(self.kwargs or {}))
             if result is not None:
@@ -228,6 +231,12 @@ def _truncate(value: Any) -> Any:
     return text
 
 
+def error_type(exc: BaseException) -> str:
+    """The ``error_type`` label: an exception's own ``error_type`` (e.g. ``http_429``) or its class."""
+    found = getattr(exc, "error_type", None)
+    return found if isinstance(found, str) and found else type(exc).__name__
+
+
 def record_usage(input_tokens: int = 0, output_tokens: int = 0, cached_input_tokens: int = 0,
                  cost_usd: float | None = None, api_cost_usd: float = 0.0) -> bool:
     """Attribute usage to the current ``@track_provider`` call.
@@ -237,15 +246,17 @@ def record_usage(input_tokens: int = 0, output_tokens: int = 0, cached_input_tok
     ``api_cost_usd`` is a flat per-request fee. Returns False (and records
     nothing) outside a provider call. Several calls add up.
     """
-    call = _active_call.get()
-    if call is None or call.ended:
-        return False
+    # checked before looking for the call, so a mistake shows up wherever it is made
     values = (input_tokens, output_tokens, cached_input_tokens)
     if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
         raise ValueError(f"token counts must be non-negative integers, got {values!r}")
     for fee in (cost_usd, api_cost_usd):
-        if fee is not None and (not isinstance(fee, (int, float)) or fee < 0 or fee != fee):
-            raise ValueError(f"costs must be non-negative numbers, got {fee!r}")
+        if fee is not None and (not isinstance(fee, (int, float)) or isinstance(fee, bool)
+                                or not 0 <= fee < float("inf")):
+            raise ValueError(f"costs must be finite non-negative numbers, got {fee!r}")
+    call = _active_call.get()
+    if call is None or call.ended:
+        return False
     call.record(input_tokens, output_tokens, cached_input_tokens, cost_usd, api_cost_usd)
     return True
 

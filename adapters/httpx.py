@@ -1,0 +1,243 @@
+"""httpx adapter: trace headers out and client metrics for ``httpx.Client`` and ``AsyncClient``.
+
+It wraps the client's transports (the default one and every mount), so it composes
+with the user's own transport and with mocks such as ``httpx.MockTransport`` or respx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+try:
+    import httpx
+except ImportError as exc:
+    raise ImportError("instrument.adapters.httpx needs httpx: "
+                      "pip install 'llm-instrument[httpx]'") from exc
+
+from prometheus_client import CollectorRegistry
+
+from instrument import _metrics
+from instrument._context import _current
+from instrument._http import ClientRequest
+from instrument._rawprovider import RawProviderCall
+
+__all__ = ["AsyncInstrumentedTransport", "InstrumentedTransport", "instrument_client"]
+
+C = TypeVar("C", httpx.Client, httpx.AsyncClient)
+T = TypeVar("T")
+
+
+def _provider_call(provider: str, request: httpx.Request, metrics: _metrics.Metrics | None
+                   ) -> RawProviderCall:
+    try:
+        body: bytes | None = request.content
+    except httpx.RequestNotRead:  # a streamed upload: the model stays "unknown"
+        body = None
+    return RawProviderCall(provider, body, metrics)
+
+
+def _settings(registry: CollectorRegistry | None, providers: Mapping[str, str] | None
+              ) -> tuple[_metrics.Metrics | None, dict[str, str]]:
+    """Checked at configuration time; provider hosts are bare host names, lower-cased."""
+    if providers is not None and not isinstance(providers, Mapping):
+        raise TypeError(f"providers must map host names to provider names, got {providers!r}")
+    hosts: dict[str, str] = {}
+    for host, name in (providers or {}).items():
+        if not isinstance(host, str) or not isinstance(name, str):
+            raise TypeError(f"providers must map str to str, got {host!r}: {name!r}")
+        if not host or not name or any(c in host for c in "/: \t\r\n"):
+            raise ValueError(f"providers entry {host!r}: {name!r} must map a bare host name "
+                             "(no scheme, port or path) to a non-empty provider name")
+        hosts[host.lower()] = name
+    return (None if registry is None else _metrics.metrics_for(registry)), hosts
+
+
+class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """One request in flight, then the response's stream: recorded once, at its end or close."""
+
+    __slots__ = ("chunks", "first", "provider", "request", "status", "stream", "trace")
+
+    def __init__(self, request: httpx.Request, wrapper: _Wrapper[Any]) -> None:
+        self.stream: Any = None
+        self.trace = _current.get()
+        if self.trace is not None:  # outside a trace: no headers, and no trace started
+            for name, value in ClientRequest.headers():
+                request.headers[name] = value
+        host, port = request.url.host, request.url.port  # port is None for the scheme's default
+        label = host if port is None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.request = ClientRequest(request.method, label, wrapper.metrics)
+        provider = wrapper.providers.get(host) if wrapper.providers else None
+        self.provider = (None if provider is None
+                         else _provider_call(provider, request, wrapper.metrics))
+        self.status: int | None = None
+        self.first = True
+
+    def attach(self, response: httpx.Response, kind: type[Any]) -> httpx.Response:
+        """Take over ``response.stream``; a body already read (mocks) is recorded now."""
+        self.status = response.status_code
+        if not response.is_closed and isinstance(response.stream, kind):
+            self.stream, response.stream = response.stream, self
+            return response
+        has_body = self.provider is not None and hasattr(response, "_content")
+        self.finish(self.status, None, response.content if has_body else None)
+        return response
+
+    def seen(self, chunk: bytes) -> bytes:
+        """Pass a chunk to the provider observer; its failures never reach the reader."""
+        try:
+            if self.first:
+                self.first = False
+                self.provider.first_chunk()  # type: ignore[union-attr]
+            self.provider.chunk(chunk)  # type: ignore[union-attr]
+        except Exception as err:
+            _metrics.report_internal_error("httpx_provider", err)
+        return chunk
+
+    def end(self, exc: BaseException) -> None:
+        """Reading stopped: the body's end, or an error (labelled by its type, not the status)."""
+        if isinstance(exc, (StopIteration, StopAsyncIteration)):
+            self.finish(self.status, None)
+        else:
+            self.finish(None, exc)
+
+    def finish(self, status: int | None, exc: BaseException | None,
+               body: bytes | None = None) -> None:
+        """Record once, with the request's own trace current (it labels the exemplar)."""
+        if self.request.finished:
+            return
+        token = None if _current.get() is self.trace else _current.set(self.trace)
+        try:
+            self.request.finish(status, exc)
+            if self.provider is not None:
+                try:
+                    self.provider.finish(status, exc, body)
+                except Exception as err:
+                    _metrics.report_internal_error("httpx_provider", err)
+        finally:
+            if token is not None:
+                _current.reset(token)
+
+    # Iterator objects, not generators: an abandoned read leaves nothing to finalise.
+    def __iter__(self) -> Iterator[bytes]:
+        self.chunks = iter(self.stream)
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk: bytes = next(self.chunks)
+        except BaseException as exc:
+            self.end(exc)
+            raise
+        return chunk if self.provider is None else self.seen(chunk)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self.chunks = self.stream.__aiter__()
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk: bytes = await self.chunks.__anext__()
+        except BaseException as exc:
+            self.end(exc)
+            raise
+        return chunk if self.provider is None else self.seen(chunk)
+
+    def close(self) -> None:
+        self.finish(self.status, None)
+        self.stream.close()
+
+    async def aclose(self) -> None:
+        self.finish(self.status, None)  # before awaiting, so a cancelled close still records
+        await self.stream.aclose()
+
+    def __del__(self) -> None:  # a response dropped without being closed
+        if self.stream is not None:
+            self.finish(self.status, None)
+
+
+class _Wrapper(Generic[T]):
+    """What both transports share: the wrapped transport and the settings."""
+
+    def __init__(self, transport: T, *, registry: CollectorRegistry | None = None,
+                 providers: Mapping[str, str] | None = None) -> None:
+        self.transport = transport
+        self.metrics, self.providers = _settings(registry, providers)
+
+    def _start(self, request: httpx.Request) -> _Call | None:
+        try:
+            return _Call(request, self)
+        except Exception as err:  # our bookkeeping failed: the request goes out unobserved
+            _metrics.report_internal_error("httpx", err)
+            return None
+
+
+class InstrumentedTransport(_Wrapper[httpx.BaseTransport], httpx.BaseTransport):
+    """Wraps any sync transport: trace headers on each request, client metrics per response."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        call = self._start(request)
+        try:
+            response = self.transport.handle_request(request)
+        except BaseException as exc:
+            if call is not None:
+                call.finish(None, exc)
+            raise
+        return response if call is None else call.attach(response, httpx.SyncByteStream)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> InstrumentedTransport:
+        self.transport.__enter__()
+        return self
+
+    def __exit__(self, *args: Any, **kwargs: Any) -> None:
+        self.transport.__exit__(*args, **kwargs)
+
+
+class AsyncInstrumentedTransport(_Wrapper[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
+    """Wraps any async transport: trace headers on each request, client metrics per response."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = self._start(request)
+        try:
+            response = await self.transport.handle_async_request(request)
+        except BaseException as exc:
+            if call is not None:
+                call.finish(None, exc)
+            raise
+        return response if call is None else call.attach(response, httpx.AsyncByteStream)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> AsyncInstrumentedTransport:
+        await self.transport.__aenter__()
+        return self
+
+    async def __aexit__(self, *args: Any, **kwargs: Any) -> None:
+        await self.transport.__aexit__(*args, **kwargs)
+
+
+def instrument_client(client: C, *, registry: CollectorRegistry | None = None,
+                      providers: Mapping[str, str] | None = None) -> C:
+    """Wrap each transport of ``client`` (default and mounts) once, and return the client.
+
+    Calling it again wraps nothing twice; the latest call's settings apply.
+    """
+    settings = _settings(registry, providers)  # a bad setting raises before the client changes
+    if not isinstance(client, (httpx.Client, httpx.AsyncClient)):
+        raise TypeError(f"instrument_client expects an httpx.Client or AsyncClient, got {client!r}")
+    kind: Any = InstrumentedTransport if isinstance(client, httpx.Client) else (
+        AsyncInstrumentedTransport)
+
+    def wrap(transport: Any) -> Any:
+        wrapped = transport if isinstance(transport, kind) else kind(transport)
+        wrapped.metrics, wrapped.providers = settings
+        return wrapped
+
+    client._transport = wrap(client._transport)
+    client._mounts = {pattern: None if transport is None else wrap(transport)
+                      for pattern, transport in client._mounts.items()}
+    return client

@@ -1,0 +1,98 @@
+"""Raw HTTP calls to a known provider host, observed as provider calls.
+
+Client adapters (httpx's ``providers={"api.openai.com": "openai"}``) hand the
+request body and the response bytes to this observer; it reads the model
+from the JSON request, usage from the JSON response or from the last SSE
+chunk that carries it, and records everything ``@track_provider`` records.
+"""
+
+from __future__ import annotations
+
+import json
+from time import perf_counter
+from typing import Any
+
+from instrument import _metrics
+from instrument._engine import ERROR, OK, outcome_for
+from instrument._provider import UNKNOWN_MODEL, ProviderCall, read_usage
+
+_MAX_BODY = 1 << 20  # never parse request bodies above 1 MiB just to find the model
+_TAIL = 1 << 15  # usage arrives in the last chunk of a stream: keep the last 32 KiB
+
+
+class ProviderHTTPError(Exception):
+    """A provider answered with an HTTP error status (labelled ``http_<status>``)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"provider answered HTTP {status}")
+        self.error_type = f"http_{status}"
+
+
+def model_from_request(body: bytes | None) -> str:
+    if not body or len(body) > _MAX_BODY or not body.lstrip().startswith(b"{"):
+        return UNKNOWN_MODEL
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return UNKNOWN_MODEL
+    return model if isinstance(model, str) and model else UNKNOWN_MODEL
+
+
+def usage_from_response(data: bytes) -> tuple[int, int, int] | None:
+    """Usage from a JSON body, or from the last ``data:`` line of an SSE body that has one."""
+    text = data.strip()
+    if not text:
+        return None
+    if text.startswith(b"{"):
+        try:
+            return read_usage(json.loads(text))
+        except ValueError:
+            return None
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith(b"data:") and b'"usage"' in line:
+            try:
+                found = read_usage(json.loads(line[5:]))
+            except ValueError:
+                continue
+            if found is not None:
+                return found
+    return None
+
+
+class RawProviderCall:
+    """Observer for one raw HTTP provider call: ``first_chunk``, ``chunk``, ``finish``."""
+
+    __slots__ = ("call", "first_at", "streaming", "tail")
+
+    def __init__(self, provider: str, request_body: bytes | None,
+                 metrics: _metrics.Metrics | None = None) -> None:
+        self.call = ProviderCall(metrics or _metrics.current(), provider,
+                                 model_from_request(request_body), "http", False, None)
+        self.tail = bytearray()
+        self.first_at = 0.0
+        self.streaming = False
+
+    def first_chunk(self) -> None:
+        self.first_at = perf_counter()
+
+    def chunk(self, data: bytes) -> None:
+        if not self.streaming and data.lstrip().startswith((b"data:", b"event:", b":")):
+            self.streaming = True
+        self.tail += data
+        if len(self.tail) > _TAIL:
+            del self.tail[:-_TAIL]
+
+    def finish(self, status: int | None, exc: BaseException | None, body: bytes | None) -> None:
+        call = self.call
+        found = usage_from_response(body if body is not None else bytes(self.tail))
+        if found is not None:
+            call._merge(found)
+        if self.streaming:  # time to first token only means something for a stream
+            call.first_at = self.first_at
+        if exc is not None:
+            call.finish(outcome_for(exc), exc)
+        elif status is not None and status >= 400:
+            call.finish(ERROR, ProviderHTTPError(status))
+        else:
+            call.finish(OK, None)
