@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from time import perf_counter
-from typing import Any
 
 from instrument import _metrics
 from instrument._engine import ERROR, OK, outcome_for

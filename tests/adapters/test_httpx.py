@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import gc
 import importlib
+import json
 import sys
 import threading
 import time
@@ -14,17 +13,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-import instrument.adapters.httpx as adapter
 import pytest
+from prometheus_client import CollectorRegistry
+
+import instrument.adapters.httpx as adapter
+from instrument import get_trace_id, trace_span
+from instrument._propagation import parse_traceparent
 from instrument.adapters.httpx import (
     AsyncInstrumentedTransport,
     InstrumentedTransport,
     instrument_client,
 )
-from prometheus_client import CollectorRegistry
-
-from instrument import get_trace_id, trace_span
-from instrument._propagation import parse_traceparent
 from tests.helpers import free_port, value
 
 SLOW_CHUNKS = [b"chunk-0\n", b"chunk-1\n", b"chunk-2\n"]
