@@ -37,7 +37,7 @@ def _sources(registry: CollectorRegistry | None) -> tuple[CollectorRegistry, str
         from prometheus_client import multiprocess
 
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged)
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         merged.register(m.uptime_collector)
         return merged, m.namespace
     return m.registry, m.namespace
@@ -136,12 +136,12 @@ def make_asgi_app(registry: CollectorRegistry | None = None,
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would flood stderr."""
 
 
 class MetricsServer(NamedTuple):
-    """What ``start_http_server`` returns; unpacks as ``(server, thread)`` like prometheus-client's."""
+    """What ``start_http_server`` returns: unpacks as ``(server, thread)``, as prometheus-client."""
 
     server: WSGIServer
     thread: threading.Thread
@@ -152,8 +152,9 @@ class MetricsServer(NamedTuple):
 
     @property
     def url(self) -> str:
-        host = self.server.server_address[0]
-        host = f"[{host}]" if ":" in str(host) else host
+        address = self.server.server_address[0]
+        host = address.decode() if isinstance(address, bytes) else str(address)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
     def shutdown(self) -> None:

@@ -32,7 +32,7 @@ OVERFLOW_VALUE = "other"
 _CHILD_CACHE_LIMIT = 4096
 _MAX_LABEL_LENGTH = 128
 # prometheus-client rejects exemplars whose label names+values exceed 128 runes.
-_MAX_EXEMPLAR_ID = 128 - len("trace_id")
+MAX_EXEMPLAR_ID = 128 - len("trace_id")
 
 PROCESS_START = time.time()
 # A metric-name prefix: what Prometheus accepts at the start of a name (ASCII only).
@@ -41,7 +41,9 @@ _NAMESPACE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*", re.ASCII)
 
 def multiprocess_dir() -> str | None:
     """The prometheus-client multiprocess directory, when running under several workers."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    # prometheus-client still honours the deprecated lowercase spelling
+    return (os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            or os.environ.get("prometheus_multiproc_dir"))  # noqa: SIM112
 
 
 class Family:
@@ -188,9 +190,8 @@ class Metrics:
                 _reported.add("registry")
                 logger.bind(event="instrument_internal_error", where="registry",
                             metrics=list(self.clashes)).error(
-                    "instrument: metrics {metrics} are already registered by another collector; "
-                    "the toolkit's own are not exposed (the application is unaffected)",
-                    metrics=", ".join(self.clashes))
+                    "instrument: " + ", ".join(self.clashes) + " already registered by another "
+                    "collector; the toolkit's own are not exposed (the application is unaffected)")
         except Exception:
             pass
 
@@ -202,7 +203,7 @@ class Metrics:
     def exemplar(self) -> dict[str, str] | None:
         """``{"trace_id": ...}`` for the current trace, when exemplars can be stored."""
         ctx = _current.get()
-        if ctx is None or self.multiprocess or len(ctx.trace_id) > _MAX_EXEMPLAR_ID:
+        if ctx is None or self.multiprocess or len(ctx.trace_id) > MAX_EXEMPLAR_ID:
             return None
         return {"trace_id": ctx.trace_id}
 
@@ -225,13 +226,23 @@ _reported: set[str] = set()
 
 
 def metrics_for(registry: CollectorRegistry | None = None, namespace: str | None = None) -> Metrics:
-    """The metrics registered in ``registry`` (created on first use, never twice)."""
+    """The metrics registered in ``registry`` (created on first use, never twice).
+
+    Without ``namespace``, the namespace already in use there: ``configure()``'s
+    choice if it configured this registry, else the only one created in it, else "".
+    """
     if registry is None and namespace is None:
         return current()
     reg = registry if registry is not None else current().registry
-    ns = namespace if namespace is not None else ""
     with _lock:
         per_ns = _per_namespace(reg)
+        if namespace is None:
+            configured = _current_metrics
+            if configured is not None and configured.registry is reg:
+                return configured
+            if len(per_ns) == 1:
+                return next(iter(per_ns.values()))
+        ns = namespace if namespace is not None else ""
         found = per_ns.get(ns)
         if found is None:
             found = per_ns[ns] = Metrics(reg, ns)

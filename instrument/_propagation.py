@@ -91,7 +91,7 @@ def extract_trace_id(headers: Any) -> str | None:
 
 
 def trace_headers() -> list[tuple[str, str]]:
-    """The outgoing headers for the current trace: ``X-Trace-ID`` and, if W3C-shaped, ``traceparent``."""
+    """Outgoing headers for the current trace: ``X-Trace-ID``, and ``traceparent`` if W3C-shaped."""
     ctx = _current.get()
     if ctx is None:
         return []

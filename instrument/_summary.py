@@ -30,7 +30,8 @@ def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float | Non
                 return lower_bound  # the highest finite bound, as Prometheus does
             if count == lower_count:
                 return upper
-            return lower_bound + (upper - lower_bound) * (rank - lower_count) / (count - lower_count)
+            fraction = (rank - lower_count) / (count - lower_count)
+            return lower_bound + (upper - lower_bound) * fraction
         lower_bound, lower_count = upper, count
     return lower_bound
 

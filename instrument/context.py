@@ -42,7 +42,12 @@ def wrap(fn: Callable[P, R]) -> Callable[P, R]:
 
 def submit(executor: Executor, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
     """``executor.submit`` that carries the current trace into the worker thread."""
-    return executor.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+    ctx = contextvars.copy_context()
+
+    def call() -> R:
+        return ctx.run(fn, *args, **kwargs)
+
+    return executor.submit(call)
 
 
 async def run_in_thread(fn: Callable[..., R], *args: object) -> R:
