@@ -112,6 +112,8 @@ CATALOG: tuple[MetricSpec, ...] = (
                (), "traces"),
     MetricSpec("span_duration_seconds", "histogram", "Duration of trace spans, by span name.",
                ("span",), "seconds", SPAN_BUCKETS),
+    MetricSpec("span_errors_total", "counter", "Spans that ended with an exception, by span name.",
+               ("span",), "spans"),
     MetricSpec("system_uptime_seconds", "gauge", "Seconds since the instrumented process started.",
                (), "seconds", multiprocess_mode="max"),
     # the toolkit itself

@@ -153,6 +153,7 @@ class Metrics:
         self.cache_duration = f["cache_lookup_duration_seconds"]
         self.traces = f["trace_requests_total"].child()
         self.span_duration = f["span_duration_seconds"]
+        self.span_errors = f["span_errors_total"]
         self.internal_errors = f["instrument_internal_errors_total"]
         self.label_overflow = f["instrument_label_overflow_total"]
         if self.clashes:

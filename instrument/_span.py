@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import Token
 from time import perf_counter
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from loguru import logger
 
 from instrument import _metrics
 from instrument._context import TraceContext, _current, accept_trace_id, new_span_id, new_trace_id
+from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
+from instrument._observe import TracedObserver, log_enabled
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,21 +64,34 @@ def open_span(name: str, attributes: dict[str, Any]) -> tuple[Span, Token[TraceC
     return span, _current.set(TraceContext(trace_id, span.span_id))
 
 
-def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException | None,
-               metrics: _metrics.Metrics | None = None) -> float:
-    """Record the span's duration, log it at DEBUG, and restore the previous context."""
-    duration = perf_counter() - span.start
+def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,
+                exc: BaseException | None, outcome: str, trace_id: str, span_id: str,
+                parent_span_id: str | None, attributes: dict[str, Any]) -> None:
+    """Observe a closed span (duration with its trace as exemplar, errors) and log it at DEBUG."""
     try:
         m = metrics or _metrics.current()
-        exemplar = m.exemplar()
-        m.span_duration.child(span.name).observe(duration, exemplar)
-        outcome = outcome_of(exc)
-        logger.bind(event="span", span=span.name, duration_ms=round(duration * 1000, 3),
-                    outcome=outcome, error_type=type(exc).__name__ if exc else None,
-                    parent_span_id=span.parent_span_id, attributes=span.attributes).debug(
-            "span {span} {outcome}", span=span.name, outcome=outcome)
+        exemplar = None if m.multiprocess or len(trace_id) > _metrics.MAX_EXEMPLAR_ID else {
+            "trace_id": trace_id}
+        m.span_duration.child(name).observe(duration, exemplar)
+        if outcome == "error":
+            m.span_errors.child(name).inc()
+        if log_enabled(10):
+            logger.bind(event="span", span=name, duration_ms=round(duration * 1000, 3),
+                        outcome=outcome, error_type=type(exc).__name__ if exc else None,
+                        trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id,
+                        attributes=attributes).debug(
+                "span {span} {outcome}", span=name, outcome=outcome)
     except Exception as err:
         _metrics.report_internal_error("span", err)
+
+
+def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException | None,
+               metrics: _metrics.Metrics | None = None) -> float:
+    """Record the span and restore the context that was current before it opened."""
+    duration = perf_counter() - span.start
+    try:
+        record_span(metrics, span.name, duration, exc, outcome_of(exc), span.trace_id,
+                    span.span_id, span.parent_span_id, span.attributes)
     finally:
         try:
             _current.reset(token)
@@ -87,6 +100,25 @@ def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException
             # that context is gone, so there is nothing to restore
             pass
     return duration
+
+
+_ENGINE_OUTCOMES = {OK: "ok", ERROR: "error", CANCELLED: "cancelled", CLOSED: "cancelled"}
+
+
+class SpanCall(TracedObserver):
+    """``@trace_span`` on any kind of callable: one span per call, current at each step."""
+
+    __slots__ = ("attributes", "name")
+
+    def __init__(self, metrics: _metrics.Metrics, name: str, attributes: dict[str, Any]) -> None:
+        super().__init__(metrics)
+        self.name = name
+        self.attributes = attributes
+
+    def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
+        record_span(self.metrics, self.name, perf_counter() - self.start, exc,
+                    _ENGINE_OUTCOMES[outcome], self.trace.trace_id, self.trace.span_id or "",
+                    self.parent_span_id, self.attributes)
 
 
 class SpanContext:
@@ -121,24 +153,17 @@ class SpanContext:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, fn: F) -> F:
-        """Use as a decorator: each call runs in a fresh span of this name."""
+        """Use as a decorator on a function, coroutine or (async) generator function.
+
+        Each call runs in a fresh span of this name; for a generator the span
+        lasts until the generator ends and is current at each of its steps.
+        """
         name, attributes = self._name, self._attributes
-        if inspect.iscoroutinefunction(fn):
-            async_fn = cast(Callable[..., Awaitable[Any]], fn)
 
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with SpanContext(name, attributes):
-                    return await async_fn(*args, **kwargs)
+        def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SpanCall:
+            return SpanCall(_metrics.current(), name, dict(attributes))
 
-            return cast(F, async_wrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with SpanContext(name, attributes):
-                return fn(*args, **kwargs)
-
-        return cast(F, wrapper)
+        return instrument_callable(fn, start)
 
 
 def trace_span(name: str, /, **attributes: Any) -> SpanContext:

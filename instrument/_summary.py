@@ -151,8 +151,11 @@ def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]
 
     spans = []
     span_hist = ix.hist_by("span_duration_seconds", ("span",))
+    span_errors = ix.counter_by("span_errors_total", ("span",))
     for key in sorted(span_hist):
-        spans.append({"span": key[0], **span_hist[key].digest()})
+        digest = span_hist[key].digest()
+        spans.append({"span": key[0], **digest,
+                      "error_rate": _ratio(span_errors.get(key, 0), digest["count"])})
 
     caches = []
     hits = ix.counter_by("cache_hits_total", ("cache",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,11 +32,16 @@ def registry() -> Iterator[CollectorRegistry]:
 
 @pytest.fixture(autouse=True)
 def _clean_loguru() -> Iterator[None]:
+    """No sink, no patcher, and the stdlib root logger as it was (configure_logging changes it)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     logger.remove()
     yield
     logger.remove()
     logger.configure(patcher=None)
     _logging._sink_id = None
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 class LogCapture:

@@ -161,10 +161,11 @@ async def test_a_cancelled_span_logs_outcome_cancelled(logs: LogCapture) -> None
 
 def test_bookkeeping_failures_do_not_reach_the_user(monkeypatch: pytest.MonkeyPatch,
                                                     registry: CollectorRegistry) -> None:
-    def broken(self: Any) -> None:
-        raise RuntimeError("exemplar store broke")
+    def broken(*args: Any) -> None:
+        raise RuntimeError("metric store broke")
 
-    monkeypatch.setattr(_metrics.Metrics, "exemplar", broken)
+    child = _metrics.current().span_duration.child("work")
+    monkeypatch.setattr(child, "observe", broken)
     with trace_span("work") as span:
         result = 42
     assert result == 42
@@ -350,3 +351,35 @@ def test_a_span_object_can_be_used_again_after_it_closed() -> None:
     with cm as second:
         pass
     assert first.span_id != second.span_id
+
+
+def test_decorated_generators_keep_their_span_for_the_whole_stream(
+        registry: CollectorRegistry) -> None:
+    seen = []
+
+    @trace_span("stream")
+    def numbers() -> Any:
+        for i in range(3):
+            seen.append((get_trace_id(), get_span_id()))
+            yield i
+
+    with trace_span("request") as request:
+        assert list(numbers()) == [0, 1, 2]
+    assert len({s for s in seen}) == 1  # one span, current at every step
+    assert seen[0][0] == request.trace_id and seen[0][1] != request.span_id
+    assert value(registry, "span_duration_seconds_count", span="stream") == 1
+
+
+@pytest.mark.anyio
+async def test_decorated_async_generators_count_errors_per_span(
+        registry: CollectorRegistry) -> None:
+    @trace_span("agen")
+    async def failing() -> Any:
+        yield 1
+        raise KeyError("gone")
+
+    with pytest.raises(KeyError):
+        async for _ in failing():
+            pass
+    assert value(registry, "span_errors_total", span="agen") == 1
+    assert value(registry, "span_duration_seconds_count", span="agen") == 1

@@ -137,7 +137,8 @@ def test_summary_digests_caches_sse_spans_and_traces(populated: _metrics.Metrics
     assert sse["duration"]["count"] == 1
     assert sse["duration"]["p50_ms"] == pytest.approx(7500.0)  # rank .5 of 1 in (5, 10]
     assert doc["spans"] == [{"span": "retrieve", "count": 4, "mean_ms": 3.0,
-                             "p50_ms": pytest.approx(3.0), "p95_ms": pytest.approx(4.8)}]
+                             "p50_ms": pytest.approx(3.0), "p95_ms": pytest.approx(4.8),
+                             "error_rate": 0.0}]
     assert doc["traces"] == 4
     assert doc["internal_errors"] == 0
     assert doc["uptime_seconds"] > 0
