@@ -1,0 +1,199 @@
+"""aiohttp adapter: ``instrument_app`` for servers, ``client_trace_config`` for ``ClientSession``.
+
+Server: a middleware placed first, plus ``on_response_prepare``, which fires for every response
+(handler's, router 404/405, aiohttp's 500, streams) and hooks its ``write_eof``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Iterable
+from types import SimpleNamespace
+
+try:
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.typedefs import Handler
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("instrument.adapters.aiohttp needs aiohttp: "
+                      "pip install 'llm-instrument[aiohttp]'") from exc
+from prometheus_client import CollectorRegistry
+
+from instrument import _metrics
+from instrument._exposition import respond, split_metrics_path
+from instrument._http import ClientRequest, ServerRequest, current_request
+
+__all__ = ["client_trace_config", "instrument_app"]
+
+_INSTRUMENTED = web.AppKey("instrument_instrumented", bool)
+
+
+class _Request(ServerRequest):
+    """The core's observer, plus whether the middleware has returned (see ``_end``)."""
+
+    returned = False
+
+
+def instrument_app(app: web.Application, *, metrics_path: str = "/metrics",
+                   access_log: bool = True, exclude_paths: Iterable[str] = (),
+                   registry: CollectorRegistry | None = None) -> web.Application:
+    """Trace, measure and log every request of ``app``; serve the metrics routes. Idempotent."""
+    if app.get(_INSTRUMENTED):
+        return app
+    if app.frozen or app.middlewares.frozen:
+        raise RuntimeError("instrument_app() must be called before the aiohttp application "
+                           "starts (this one is frozen): call it right after building the app")
+    metrics = None if registry is None else _metrics.metrics_for(registry)
+    excluded = frozenset(exclude_paths)
+
+    @web.middleware
+    async def instrument_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        sub = split_metrics_path(request.path, metrics_path)
+        if sub is not None and request.method in ("GET", "HEAD"):
+            out = respond(sub, request.headers.get("Accept"), registry, request.query_string)
+            return web.Response(body=out.body, status=out.status,
+                                headers={"Content-Type": out.content_type})
+        resource = request.match_info.route.resource  # None for the router's 404/405
+        route = None if resource is None else resource.canonical
+        if (current_request.get() is not None or request.path in excluded or route in excluded
+                or request.headers.get("Upgrade", "").lower() == "websocket"):
+            return await handler(request)  # excluded, websocket, or observed by a parent app
+        obs = _Request(request.method, request.path, request.headers, request.remote,
+                       access_log, metrics)
+        obs.set_route(route)
+        if task := asyncio.current_task():  # aiohttp runs each request in a task of its own
+            task.add_done_callback(lambda _: _abandoned(obs, request))
+        obs.enter()
+        try:
+            return await handler(request)
+        except BaseException as exc:
+            if not isinstance(exc, web.HTTPException):  # those are sent as responses
+                if isinstance(exc, asyncio.CancelledError) or _gone(request):
+                    obs.client_disconnected()
+                elif not obs.disconnected:
+                    obs.failed(exc)  # aiohttp answers 500, which goes through the signal
+            if obs.disconnected or obs.status is not None:
+                obs.finish()  # headers already out, or nobody listening: nothing more to send
+            raise
+        finally:
+            obs.returned = True
+            if obs.finished:
+                obs.exit()
+
+    app.middlewares.insert(0, instrument_middleware)
+    app.on_response_prepare.append(_on_prepare)
+    app[_INSTRUMENTED] = True
+    return app
+
+
+def _gone(request: web.BaseRequest) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+async def _on_prepare(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Trace headers out, status and content type in, the body's end hooked; once a request."""
+    obs = current_request.get()
+    if not isinstance(obs, _Request) or obs.status is not None:
+        return
+    try:
+        for name, value in obs.response_headers():
+            response.headers[name] = value
+        obs.response_started(response.status, response.content_type)
+        _watch(obs, request, response)
+    except Exception as exc:
+        _metrics.report_internal_error("aiohttp_prepare", exc)
+
+
+def _watch(obs: _Request, request: web.BaseRequest, response: web.StreamResponse) -> None:
+    write, write_eof = response.write, response.write_eof  # shadowed on this instance only
+
+    async def tracked_write(data: bytes | bytearray | memoryview) -> None:
+        try:
+            await write(data)
+        except ConnectionError:
+            obs.client_disconnected()
+            raise
+        obs.body_sent(data if isinstance(data, bytes) else bytes(data))
+
+    async def tracked_write_eof(data: bytes = b"") -> None:
+        try:
+            await write_eof(data)
+            obs.body_sent(data)
+        except BaseException as exc:
+            if isinstance(exc, (ConnectionError, asyncio.CancelledError)):
+                obs.client_disconnected()
+            else:
+                obs.failed(exc)
+            raise
+        finally:
+            if not obs.bytes_sent and request.method != "HEAD":  # Response, FileResponse
+                obs.bytes_sent = response.content_length or 0
+            _end(obs)
+
+    response.write = tracked_write  # type: ignore[method-assign]
+    response.write_eof = tracked_write_eof  # type: ignore[method-assign]
+
+
+def _end(obs: _Request) -> None:
+    # The trace stays bound until the middleware has returned too: the handler may run on
+    # after its own write_eof, and aiohttp's 500 and error log then carry the trace ID.
+    obs.finish()
+    if obs.returned:
+        obs.exit()
+
+
+def _abandoned(obs: _Request, request: web.BaseRequest) -> None:
+    """The request's task is done: a response that never completed (prepare failed) ends here."""
+    if not obs.finished:
+        if _gone(request):
+            obs.client_disconnected()
+        obs.finish()
+
+
+def client_trace_config(*, registry: CollectorRegistry | None = None) -> aiohttp.TraceConfig:
+    """A ``TraceConfig`` sending the trace headers and recording the client metrics.
+
+    The duration runs until the response's connection is released: body read to the end,
+    or response released/closed early (the hook aiohttp's own read timeout uses)."""
+    metrics = None if registry is None else _metrics.metrics_for(registry)
+    config = aiohttp.TraceConfig()
+
+    async def on_start(session: aiohttp.ClientSession, ctx: SimpleNamespace,
+                       params: aiohttp.TraceRequestStartParams) -> None:
+        try:
+            for name, value in ClientRequest.headers():
+                params.headers[name] = value
+            url, host = params.url, params.url.host or ""
+            if not url.is_default_port():
+                host = f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+            call, context = ClientRequest(params.method, host, metrics), contextvars.copy_context()
+
+            def finish(status: int | None, exc: BaseException | None = None) -> None:
+                context.run(call.finish, status, exc)  # maybe from a connection callback
+
+            ctx.instrument_finish = finish
+        except Exception as exc:
+            _metrics.report_internal_error("aiohttp_client", exc)
+
+    async def on_end(session: aiohttp.ClientSession, ctx: SimpleNamespace,
+                     params: aiohttp.TraceRequestEndParams) -> None:
+        finish, response = getattr(ctx, "instrument_finish", None), params.response
+        if finish is None:
+            return
+        if response.connection is None or response.status == 101:  # body read, or upgraded
+            finish(response.status)
+        else:
+            response.connection.add_callback(lambda: finish(response.status))
+
+    async def on_exception(session: aiohttp.ClientSession, ctx: SimpleNamespace,
+                           params: aiohttp.TraceRequestExceptionParams) -> None:
+        finish, exc = getattr(ctx, "instrument_finish", None), params.exception
+        if finish is not None:  # raise_for_status: a real response, labelled by its status
+            status = exc.status if isinstance(exc, aiohttp.ClientResponseError) else None
+            finish(status or None, exc)
+
+    config.on_request_start.append(on_start)
+    config.on_request_end.append(on_end)
+    config.on_request_exception.append(on_exception)
+    return config
