@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from loguru import logger
 
 from instrument import _metrics
-from instrument._engine import OK, Observer, instrument_callable
+from instrument._engine import OK, Observer, instrument_callable, kind_of
 from instrument._observe import log_enabled, resolve_metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,6 +74,10 @@ def track_cache(cache: str, *, hit: Callable[[Any], bool] | None = None,
     predicate = hit or _is_hit
 
     def decorate(func: F) -> F:
+        kind = kind_of(func)
+        if kind not in ("function", "coroutine"):
+            raise TypeError(f"track_cache needs a plain or async function, got {kind} {func!r}")
+
         def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CacheLookup:
             return CacheLookup(resolve_metrics(registry), cache, predicate)
 

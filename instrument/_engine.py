@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextvars import Token
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import wrapt
 
@@ -106,7 +106,7 @@ class SyncStream:
 
     __slots__ = ("__weakref__", "_obs", "_source")
 
-    def __init__(self, source: Iterator[Any], obs: Observer) -> None:
+    def __init__(self, source: Generator[Any, Any, Any], obs: Observer) -> None:
         self._source = source
         self._obs = obs
 
@@ -135,7 +135,7 @@ class SyncStream:
         obs = self._obs
         state = obs.enter()
         try:
-            item = self._source.throw(*args)  # type: ignore[attr-defined]
+            item = self._source.throw(*args)
         except StopIteration as stop:
             obs.finish(OK, None, stop.value)
             raise
@@ -162,7 +162,9 @@ class SyncStream:
 
     def __del__(self) -> None:
         if not self._obs.ended:
-            self._obs.finish(CLOSED, None)
+            # close the source here rather than leave it to its own finaliser, so
+            # its cleanup (finally blocks, log lines) runs inside the call's context
+            self.close()
 
 
 class AsyncStream:
@@ -223,6 +225,16 @@ class AsyncStream:
 def kind_of(fn: Any) -> str:
     """``function``, ``coroutine``, ``generator`` or ``asyncgen``: decided once, at decoration."""
     target = inspect.unwrap(getattr(fn, "__func__", fn))
+    found = _kind(target)
+    if (found == "function" and callable(target) and not inspect.isroutine(target)
+            and not inspect.isclass(target)):
+        # an object with ``async def __call__``: judged by that method, or the sync
+        # wrapper would time only the creation of its coroutine
+        found = _kind(type(target).__call__)
+    return found
+
+
+def _kind(target: Any) -> str:
     if inspect.isasyncgenfunction(target):
         return "asyncgen"
     if inspect.iscoroutinefunction(target):
@@ -263,7 +275,7 @@ def instrument_callable(fn: F, factory: ObserverFactory,
             obs.finish(OK, None, result)
             return result
 
-        return wrapt.FunctionWrapper(fn, call_async)  # type: ignore[no-any-return]
+        return cast(F, wrapt.FunctionWrapper(fn, call_async))
 
     if kind == "function":
         def call(wrapped: Any, instance: Any, args: tuple[Any, ...],
@@ -282,7 +294,7 @@ def instrument_callable(fn: F, factory: ObserverFactory,
             obs.finish(OK, None, result)
             return result
 
-        return wrapt.FunctionWrapper(fn, call)  # type: ignore[no-any-return]
+        return cast(F, wrapt.FunctionWrapper(fn, call))
 
     stream = async_stream if kind == "asyncgen" else sync_stream
 
@@ -303,7 +315,7 @@ def instrument_callable(fn: F, factory: ObserverFactory,
             obs.leave(state)
         return stream(source, obs)
 
-    return wrapt.FunctionWrapper(fn, call_stream)  # type: ignore[no-any-return]
+    return cast(F, wrapt.FunctionWrapper(fn, call_stream))
 
 
 def reset_token(var: Any, token: Token[Any] | None) -> None:

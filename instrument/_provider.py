@@ -23,6 +23,7 @@ _MAX_LOGGED_CHARS = 2000
 _active_call: ContextVar[ProviderCall | None] = ContextVar("instrument_provider_call",
                                                            default=None)
 _warned_unpriced: set[tuple[str, str]] = set()
+_MAX_WARNED = 1024
 
 
 class Usage:
@@ -191,7 +192,8 @@ class ProviderCall(TracedObserver):
             # never a silent $0: no usage reported, or a model without a price
             m.unpriced.child(provider, model).inc()
             key = (provider, model)
-            if key not in _warned_unpriced:
+            # model names come from callers, so the memory of warnings is bounded
+            if key not in _warned_unpriced and len(_warned_unpriced) < _MAX_WARNED:
                 _warned_unpriced.add(key)
                 logger.bind(event="unpriced_model", provider=provider, model=model,
                             trace_id=self.trace.trace_id).warning(
@@ -232,7 +234,7 @@ def _truncate(value: Any) -> Any:
 
 
 def error_type(exc: BaseException) -> str:
-    """The ``error_type`` label: an exception's own ``error_type`` (e.g. ``http_429``) or its class."""
+    """The ``error_type`` label: the exception's own ``error_type`` (``http_429``) or its class."""
     found = getattr(exc, "error_type", None)
     return found if isinstance(found, str) and found else type(exc).__name__
 

@@ -18,6 +18,7 @@ from instrument._engine import (
     SyncStream,
     _safe_item,
     instrument_callable,
+    kind_of,
     outcome_for,
 )
 from instrument._http import current_request
@@ -187,8 +188,13 @@ class HeartbeatStream(AsyncStream):
         await super().aclose()
 
     def __del__(self) -> None:
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
+        pending = self._pending
+        if pending is not None and not pending.done():
+            # the collector may run in any thread; a task is cancelled from its loop's
+            try:
+                pending.get_loop().call_soon_threadsafe(pending.cancel)
+            except RuntimeError:  # the loop is closed: nothing left to cancel it on
+                pass
         super().__del__()
 
 
@@ -207,6 +213,16 @@ def track_sse(endpoint: str, *, heartbeat: float | None = None,
         raise ValueError(f"heartbeat must be a positive number of seconds, got {heartbeat!r}")
 
     def decorate(func: F) -> F:
+        # A function that merely returns a stream would be measured as a stream of
+        # zero length; say so at decoration rather than record nonsense.
+        kind = kind_of(func)
+        if kind not in ("generator", "asyncgen"):
+            raise TypeError(f"track_sse needs a generator function (def ... yield or async "
+                            f"def ... yield), got {kind} {func!r}")
+        if heartbeat is not None and kind != "asyncgen":
+            raise TypeError("track_sse(heartbeat=...) needs an async generator function; a "
+                            "sync generator can yield instrument.HEARTBEAT itself")
+
         def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SSEStream:
             return SSEStream(resolve_metrics(registry), endpoint, heartbeat_item)
 
