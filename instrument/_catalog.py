@@ -99,7 +99,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("api_cost_usd_total", "counter", "Flat per-request API fees in US dollars.",
                ("provider",), "USD"),
     MetricSpec("provider_unpriced_requests_total", "counter",
-               "Provider calls with token usage whose model has no known price.",
+               "Provider calls whose cost is unknown: tokens of a model without a price, "
+               "or a successful call that reported neither usage nor a fee.",
                ("provider", "model"), "requests"),
     # cache
     MetricSpec("cache_hits_total", "counter", "Cache lookups that hit.", ("cache",), "lookups"),

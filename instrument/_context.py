@@ -9,16 +9,22 @@ from __future__ import annotations
 import random
 import re
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from loguru import logger
 
 
 class TraceContext(NamedTuple):
-    """The active trace: its ID and the ID of the innermost open span (or remote parent)."""
+    """The active trace: its ID and the ID of the innermost open span (or remote parent).
+
+    ``usage`` is the token accumulator of the innermost ``@track_provider`` call,
+    which ``record_usage`` writes to; it rides along so one context variable
+    serves both (each step of a decorated call sets exactly one).
+    """
 
     trace_id: str
     span_id: str | None
+    usage: Any = None
 
 
 _current: ContextVar[TraceContext | None] = ContextVar("instrument_trace", default=None)

@@ -21,17 +21,17 @@ class TracedObserver(Observer):
 
     __slots__ = ("metrics", "parent_span_id", "start", "trace")
 
-    def __init__(self, metrics: _metrics.Metrics) -> None:
+    def __init__(self, metrics: _metrics.Metrics, usage: Any = None) -> None:
         self.ended = False
         self.metrics = metrics
         self.start = perf_counter()
         ctx = _current.get()
         if ctx is None:
             metrics.traces.inc()
-            self.trace = TraceContext(new_trace_id(), new_span_id())
+            self.trace = TraceContext(new_trace_id(), new_span_id(), usage)
             self.parent_span_id: str | None = None
         else:
-            self.trace = TraceContext(ctx.trace_id, new_span_id())
+            self.trace = TraceContext(ctx.trace_id, new_span_id(), usage or ctx.usage)
             self.parent_span_id = ctx.span_id
 
     def enter(self) -> Any:

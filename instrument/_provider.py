@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, TypeVar
 
 from loguru import logger
 
 from instrument import _metrics, _pricing
+from instrument._context import _current
 from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
 from instrument._logging import redact
 from instrument._observe import TracedObserver, log_enabled, resolve_metrics
@@ -20,16 +20,16 @@ UNKNOWN_MODEL = "unknown"
 _STATUS = {OK: "ok", ERROR: "error", CANCELLED: "cancelled", CLOSED: "cancelled"}
 _MAX_LOGGED_CHARS = 2000
 
-_active_call: ContextVar[ProviderCall | None] = ContextVar("instrument_provider_call",
-                                                           default=None)
 _warned_unpriced: set[tuple[str, str]] = set()
 _MAX_WARNED = 1024
+_SERIES_CACHE = 256
 
 
 class Usage:
     """Token counts of one call. ``input`` includes ``cached_input`` (OpenAI's convention)."""
 
-    __slots__ = ("api_cost_usd", "cached_input", "cost_usd", "explicit", "input", "output")
+    __slots__ = ("api_cost_usd", "cached_input", "closed", "cost_usd", "explicit", "input",
+                 "output")
 
     def __init__(self) -> None:
         self.input = 0
@@ -38,6 +38,30 @@ class Usage:
         self.cost_usd: float | None = None
         self.api_cost_usd = 0.0
         self.explicit = False
+        self.closed = False  # the call has ended: record_usage no longer applies
+
+    def merge(self, found: tuple[int, int, int]) -> None:
+        """Usage read from a response or chunk: cumulative, so the latest non-zero figure wins."""
+        self.input = found[0] or self.input
+        self.output = found[1] or self.output
+        self.cached_input = found[2] or self.cached_input
+
+    def record(self, input_tokens: int, output_tokens: int, cached_input_tokens: int,
+               cost_usd: float | None, api_cost_usd: float) -> None:
+        """Usage from ``record_usage``: it replaces what chunks said, and several calls add up.
+
+        A call that passes only a flat ``api_cost_usd`` leaves token reading as it was.
+        """
+        if not self.explicit and (input_tokens or output_tokens or cached_input_tokens
+                                  or cost_usd is not None):
+            self.explicit = True
+            self.input = self.output = self.cached_input = 0
+        self.input += input_tokens
+        self.output += output_tokens
+        self.cached_input += cached_input_tokens
+        if cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + cost_usd
+        self.api_cost_usd += api_cost_usd
 
     @property
     def seen(self) -> bool:
@@ -86,79 +110,77 @@ def read_usage(obj: Any) -> tuple[int, int, int] | None:
     return (anthropic_in or 0) + cache_read + cache_write, output or 0, cache_read
 
 
+class Series:
+    """The bound metric children one (provider, model) uses on every call: looked up once.
+
+    Only series every call touches are bound up front, so a model that never
+    streams shows no time-to-first-token series.
+    """
+
+    __slots__ = ("duration", "inflight", "ok")
+
+    def __init__(self, metrics: _metrics.Metrics, provider: str, model: str) -> None:
+        self.inflight = metrics.provider_inflight.child(provider)
+        self.duration = metrics.provider_duration.child(provider, model)
+        self.ok = metrics.provider_requests.child(provider, model, "ok")
+
+
+# Return values that cannot carry usage: skip looking for it.
+_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
+
+
 class ProviderCall(TracedObserver):
     """One provider call, streamed or not."""
 
-    __slots__ = ("first_at", "kwargs", "log_io", "model", "operation", "provider", "usage")
+    __slots__ = ("first_at", "kwargs", "log_io", "model", "operation", "provider", "series",
+                 "usage")
 
     def __init__(self, metrics: _metrics.Metrics, provider: str, model: str, operation: str,
-                 log_io: bool, kwargs: dict[str, Any] | None) -> None:
-        super().__init__(metrics)
+                 log_io: bool, kwargs: dict[str, Any] | None, series: Series | None = None
+                 ) -> None:
+        self.usage = Usage()
+        super().__init__(metrics, self.usage)
         self.provider = provider
         self.model = model
         self.operation = operation
         self.log_io = log_io
         self.kwargs = kwargs
-        self.usage = Usage()
         self.first_at = 0.0
-        metrics.provider_inflight.child(provider).inc()
-
-    def enter(self) -> Any:
-        return super().enter(), _active_call.set(self)
-
-    def leave(self, state: Any) -> None:
-        trace_token, call_token = state
-        try:
-            _active_call.reset(call_token)
-        except ValueError:
-            pass
-        super().leave(trace_token)
+        self.series = series or Series(metrics, provider, model)
+        self.series.inflight.inc()
 
     def item(self, value: Any) -> Any:
         if not self.first_at:
             self.first_at = perf_counter()
-        if not self.usage.explicit and not isinstance(value, (str, bytes)):
+        if not self.usage.explicit and type(value) not in _SCALARS:
             found = read_usage(value)
             if found is not None:
-                self._merge(found)
+                self.usage.merge(found)
         return value
 
     def _merge(self, found: tuple[int, int, int]) -> None:
-        # stream chunks report cumulative usage: keep the latest non-zero figure
-        u = self.usage
-        u.input = found[0] or u.input
-        u.output = found[1] or u.output
-        u.cached_input = found[2] or u.cached_input
-
-    def record(self, input_tokens: int, output_tokens: int, cached_input_tokens: int,
-               cost_usd: float | None, api_cost_usd: float) -> None:
-        u = self.usage
-        if not u.explicit:
-            # explicit figures replace what was read from stream chunks so far
-            u.explicit = True
-            u.input = u.output = u.cached_input = 0
-        u.input += input_tokens
-        u.output += output_tokens
-        u.cached_input += cached_input_tokens
-        if cost_usd is not None:
-            u.cost_usd = (u.cost_usd or 0.0) + cost_usd
-        u.api_cost_usd += api_cost_usd
+        self.usage.merge(found)
 
     def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
         now = perf_counter()
-        m, provider, model, u = self.metrics, self.provider, self.model, self.usage
-        if result is not None and not u.explicit:
+        m, provider, model, u, series = (self.metrics, self.provider, self.model, self.usage,
+                                         self.series)
+        u.closed = True
+        if not u.explicit and type(result) not in _SCALARS:
             found = read_usage(result)
             if found is not None:
-                self._merge(found)
-        m.provider_inflight.child(provider).dec()
+                u.merge(found)
+        series.inflight.dec()
         status = _STATUS[outcome]
-        m.provider_requests.child(provider, model, status).inc()
-        if status == "error" and exc is not None:
-            m.provider_errors.child(provider, model, error_type(exc)).inc()
+        if status == "ok":
+            series.ok.inc()
+        else:
+            m.provider_requests.child(provider, model, status).inc()
+            if status == "error" and exc is not None:
+                m.provider_errors.child(provider, model, error_type(exc)).inc()
         exemplar = self.exemplar()
         latency = now - self.start
-        m.provider_duration.child(provider, model).observe(latency, exemplar)
+        series.duration.observe(latency, exemplar)
         ttft = self.first_at - self.start if self.first_at else None
         if ttft is not None:
             m.provider_ttft.child(provider, model).observe(ttft, exemplar)
@@ -169,7 +191,8 @@ class ProviderCall(TracedObserver):
     def _account(self, status: str) -> float | None:
         """Tokens and cost; returns the token cost in USD, None when it could not be priced."""
         m, provider, model, u = self.metrics, self.provider, self.model, self.usage
-        if u.seen:
+        seen = u.input or u.output or u.cached_input
+        if seen:
             tokens = m.provider_tokens
             if u.input:
                 tokens.child(provider, model, "input").inc(u.input)
@@ -180,7 +203,7 @@ class ProviderCall(TracedObserver):
         if u.api_cost_usd:
             m.api_cost.child(provider).inc(u.api_cost_usd)
         cost = u.cost_usd
-        if cost is None and u.seen:
+        if cost is None and seen:
             price = _pricing.get_price(provider, model)
             if price is not None:
                 cost = _pricing.cost_usd(price, u.input, u.output, u.cached_input)
@@ -188,8 +211,8 @@ class ProviderCall(TracedObserver):
             if cost > 0:
                 m.token_cost.child(provider, model).inc(cost)
             return cost
-        if status == "ok" or u.seen:
-            # never a silent $0: no usage reported, or a model without a price
+        if (status == "ok" and not u.api_cost_usd) or seen:
+            # never a silent $0: no usage and no fee reported, or tokens without a price
             m.unpriced.child(provider, model).inc()
             key = (provider, model)
             # model names come from callers, so the memory of warnings is bounded
@@ -256,10 +279,11 @@ def record_usage(input_tokens: int = 0, output_tokens: int = 0, cached_input_tok
         if fee is not None and (not isinstance(fee, (int, float)) or isinstance(fee, bool)
                                 or not 0 <= fee < float("inf")):
             raise ValueError(f"costs must be finite non-negative numbers, got {fee!r}")
-    call = _active_call.get()
-    if call is None or call.ended:
+    ctx = _current.get()
+    usage = ctx.usage if ctx is not None else None
+    if usage is None or usage.closed:
         return False
-    call.record(input_tokens, output_tokens, cached_input_tokens, cost_usd, api_cost_usd)
+    usage.record(input_tokens, output_tokens, cached_input_tokens, cost_usd, api_cost_usd)
     return True
 
 
@@ -276,11 +300,21 @@ def track_provider(provider: str, model: str | None = None, *, operation: str = 
         raise ValueError(f"model must be a string or None, got {model!r}")
 
     def decorate(func: F) -> F:
+        # bound children per (metrics, model); model names come from callers, so bounded
+        cache: dict[tuple[_metrics.Metrics, str], Series] = {}
+
         def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProviderCall:
             metrics = resolve_metrics(registry)
             name = model or kwargs.get("model") or UNKNOWN_MODEL
-            return ProviderCall(metrics, provider, name if isinstance(name, str) else str(name),
-                                operation, log_io, kwargs if log_io else None)
+            if not isinstance(name, str):
+                name = str(name)
+            series = cache.get((metrics, name))
+            if series is None:
+                series = Series(metrics, provider, name)
+                if len(cache) < _SERIES_CACHE:
+                    cache[(metrics, name)] = series
+            return ProviderCall(metrics, provider, name, operation, log_io,
+                                kwargs if log_io else None, series)
 
         return instrument_callable(func, start)
 

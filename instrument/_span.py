@@ -56,12 +56,12 @@ def open_span(name: str, attributes: dict[str, Any]) -> tuple[Span, Token[TraceC
     """Start a span under the current one (or a new trace) and make it current."""
     ctx = _current.get()
     if ctx is None:
-        trace_id, parent = new_trace_id(), None
+        trace_id, parent, usage = new_trace_id(), None, None
         _metrics.count_trace()
     else:
-        trace_id, parent = ctx
+        trace_id, parent, usage = ctx
     span = Span(name, trace_id, new_span_id(), parent, attributes)
-    return span, _current.set(TraceContext(trace_id, span.span_id))
+    return span, _current.set(TraceContext(trace_id, span.span_id, usage))
 
 
 def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,

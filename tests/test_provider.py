@@ -981,3 +981,32 @@ def test_nested_provider_calls_share_the_trace(logs: LogCapture) -> None:
     # record_usage goes to the innermost call only
     assert (by_provider["openai"]["input_tokens"], by_provider["anthropic"]["input_tokens"]) == (
         1, 2)
+
+
+def test_a_flat_fee_alone_keeps_the_usage_read_from_the_response(
+        registry: CollectorRegistry) -> None:
+    """record_usage(api_cost_usd=...) must not wipe tokens read from the return value."""
+
+    @track_provider("openai", "gpt-4o")
+    def call() -> dict[str, Any]:
+        record_usage(api_cost_usd=0.01)
+        return {"usage": {"prompt_tokens": 1000, "completion_tokens": 500}}
+
+    call()
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert value(registry, "provider_tokens_total", type="input", **labels) == 1000
+    # gpt-4o: (1000 * 2.5 + 500 * 10) / 1e6 = 0.0075
+    assert value(registry, "token_cost_usd_total", **labels) == pytest.approx(0.0075)
+    assert value(registry, "api_cost_usd_total", provider="openai") == pytest.approx(0.01)
+    assert value(registry, "provider_unpriced_requests_total", **labels) == 0
+
+
+def test_a_call_with_only_a_known_fee_is_not_unpriced(registry: CollectorRegistry) -> None:
+    @track_provider("search", "web")
+    def search() -> str:
+        record_usage(api_cost_usd=0.005)
+        return "results"
+
+    search()
+    assert value(registry, "provider_unpriced_requests_total", provider="search",
+                 model="web") == 0
