@@ -135,6 +135,20 @@ class ServerRequest:
 
     def failed(self, exc: BaseException) -> None:
         self.error = exc
+        if self.finished and not self.disconnected:
+            # Raised after the response was recorded (a background task): the
+            # request keeps its status, but the exception is still logged once.
+            token = _current.set(self.trace)
+            try:
+                logger.bind(event="unhandled_exception", method=self.method,
+                            route=self.route or UNMATCHED, path=self.path,
+                            after_response=True).opt(exception=exc).error(
+                    "unhandled exception after the response to {method} {path}",
+                    method=self.method, path=self.path)
+            except Exception as err:
+                _metrics.report_internal_error("http_late_error", err)
+            finally:
+                _current.reset(token)
 
     def finish(self) -> None:
         """Record the request once: counters, duration (not for SSE), in-progress, access log."""
