@@ -20,7 +20,7 @@ prometheus:
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
 demo: $(STAMP)
-	$(PY) examples/decorate_llm_call.py
+	$(PY) -m examples.gateway.demo
 
 test: $(STAMP) prometheus
 	$(PY) -m pytest

@@ -14,7 +14,7 @@ import random
 import time
 from typing import Any
 
-from instrument import configure_logging, start_http_server, track_provider, trace_span
+from instrument import configure_logging, start_http_server, trace_span, track_provider
 
 
 class FakeClient:

@@ -176,12 +176,16 @@ class HeartbeatStream(AsyncStream):
 
     async def _drop_pending(self) -> None:
         pending, self._pending = self._pending, None
-        if pending is not None and not pending.done():
-            pending.cancel()
-            try:
-                await pending
-            except BaseException:  # its cancellation or error ends with the stream
-                pass
+        if pending is None:
+            return
+        if pending.done():
+            _retrieve(pending)
+            return
+        pending.cancel()
+        try:
+            await pending
+        except BaseException:  # its cancellation or error ends with the stream
+            pass
 
     async def aclose(self) -> None:
         await self._drop_pending()
@@ -189,13 +193,21 @@ class HeartbeatStream(AsyncStream):
 
     def __del__(self) -> None:
         pending = self._pending
-        if pending is not None and not pending.done():
+        if pending is not None and pending.done():
+            _retrieve(pending)
+        elif pending is not None:
             # the collector may run in any thread; a task is cancelled from its loop's
             try:
                 pending.get_loop().call_soon_threadsafe(pending.cancel)
             except RuntimeError:  # the loop is closed: nothing left to cancel it on
                 pass
         super().__del__()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a finished step's outcome as seen, so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def track_sse(endpoint: str, *, heartbeat: float | None = None,

@@ -698,3 +698,28 @@ async def test_stream_keeps_the_request_trace_in_every_step(logs: LogCapture) ->
     (span,) = {s for _, s in seen}
     assert span != "request-span"
     assert only_stream(logs)["trace_id"] == "request-trace"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_source_that_ends_while_the_stream_is_closed_leaves_no_lost_exception(
+        registry: CollectorRegistry) -> None:
+    """The pending step finished (StopAsyncIteration) before aclose(): its outcome is retrieved."""
+    lost: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: lost.append(ctx))
+
+    @track_sse("/ends", heartbeat=0.02)
+    async def events() -> AsyncIterator[str]:
+        await asyncio.sleep(0.05)
+        return
+        yield "never"
+
+    stream = events()
+    assert await stream.__anext__() == ": heartbeat\n\n"
+    await asyncio.sleep(0.1)  # the source has ended, unseen, in the pending step
+    await stream.aclose()
+    del stream
+    gc.collect()
+    await asyncio.sleep(0)
+    assert lost == []
+    assert value(registry, "sse_active_connections", endpoint="/ends") == 0
