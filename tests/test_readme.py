@@ -78,3 +78,77 @@ def test_decorators_snippet_prints_the_metrics_the_readme_shows(tmp_path: Path) 
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=60, check=True).stdout.strip().splitlines()
     assert out == expected_block("<!-- readme-test: decorators -->")
+
+
+def _serve(cmd: list[str], cwd: Path, port: int, path: str) -> tuple[str, str]:
+    """Start a README app as its docs say, GET ``path`` and ``/metrics``, always stop it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PORT": str(port)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def get(url: str) -> str | None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    return resp.read().decode()
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                return None
+
+        body = wait_until(lambda: get(base + path), timeout=30)
+        return body, wait_until(lambda: get(base + "/metrics"))
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.communicate(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework, command, route", [
+    ("fastapi", ["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", "{port}"],
+     "/items/{item_id}"),
+    ("flask", ["-m", "flask", "--app", "app", "run", "--port", "{port}"],
+     "/items/<int:item_id>"),
+    ("aiohttp", ["app.py"], "/items/{item_id}"),
+])
+def test_framework_snippets_serve_as_written(tmp_path: Path, framework: str,
+                                             command: list[str], route: str) -> None:
+    (tmp_path / "app.py").write_text(snippet(framework))
+    port = free_port()
+    cmd = [sys.executable, *(c.format(port=port) for c in command)]
+    body, metrics = _serve(cmd, tmp_path, port, "/items/7")
+    assert json.loads(body)["item_id"] in (7, "7")
+    from tests.helpers import Scrape
+
+    scraped = Scrape(metrics)
+    assert scraped.value("http_requests_total", route=route, status="200") == 1
+
+
+def test_httpx_snippet_sends_the_trace_and_counts_the_call(tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            received.append(self.headers.get("X-Trace-ID"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        (tmp_path / "client.py").write_text(snippet("httpx"))
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        out = subprocess.run([sys.executable, "client.py"], cwd=tmp_path, timeout=60,
+                             env={**os.environ, "URL": url}, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "204"
+        assert len(received) == 1 and re.fullmatch(r"[0-9a-f]{32}", received[0] or "")
+    finally:
+        server.shutdown()
+        server.server_close()
