@@ -19,7 +19,7 @@ from instrument._exposition import (
     start_http_server,
 )
 from instrument._logging import configure_logging
-from instrument._metrics import configure
+from instrument._metrics import configure, gunicorn_child_exit
 from instrument._pricing import Price, get_price, load_prices
 from instrument._propagation import extract_trace_id, inject_headers, trace_headers
 from instrument._provider import record_usage, track_provider
@@ -41,6 +41,7 @@ __all__ = [
     "get_price",
     "get_span_id",
     "get_trace_id",
+    "gunicorn_child_exit",
     "inject_headers",
     "load_prices",
     "make_asgi_app",

@@ -46,6 +46,19 @@ def multiprocess_dir() -> str | None:
             or os.environ.get("prometheus_multiproc_dir"))  # noqa: SIM112
 
 
+def gunicorn_child_exit(server: Any, worker: Any) -> None:
+    """Gunicorn's ``child_exit`` hook: drop a dead worker's live gauges; its counters stay.
+
+    Any framework served by gunicorn needs it in multiprocess mode (re-exported
+    by ``instrument.adapters.flask``). Does nothing without a multiprocess directory.
+    """
+    path = multiprocess_dir()
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)  # type: ignore[no-untyped-call]
+
+
 class Family:
     """One metric with bounded label values and a cache of bound children."""
 

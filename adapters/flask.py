@@ -1,0 +1,194 @@
+"""Flask adapter: WSGI middleware around ``app.wsgi_app`` driving the core request observer.
+
+A request ends with its response body (streamed bodies are timed to their end); the
+``call_on_close`` work the server's ``close()`` runs comes after the clock, in the trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import Context, copy_context
+from typing import Any, cast
+
+try:
+    from flask import Flask, Request, has_request_context, request
+    from werkzeug.routing import Rule
+except ImportError as exc:
+    raise ImportError("instrument.adapters.flask needs Flask: "
+                      "pip install 'llm-instrument[flask]'") from exc
+
+from prometheus_client import CollectorRegistry
+
+from instrument import _metrics
+from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
+from instrument._exposition import make_wsgi_app
+from instrument._http import ServerRequest, current_request
+from instrument._metrics import gunicorn_child_exit  # the documented import path for gunicorn
+from instrument._propagation import extract_context, trace_headers
+
+__all__ = ["gunicorn_child_exit", "instrument_app"]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+_TRACE_HEADERS = frozenset({"x-trace-id", "traceparent"})
+_END: Any = object()
+
+
+def _routed(base: type[Request]) -> type[Request]:
+    """``base`` whose ``url_rule``, which Flask sets once routing matched, also labels the
+    request with its template: no per-request hook to run (a ``before_request`` or URL value
+    preprocessor costs several context-local lookups on every request)."""
+
+    def set_rule(self: Request, rule: Rule | None) -> None:
+        self.__dict__["_instrument_url_rule"] = rule
+        if rule is not None and (req := current_request.get()) is not None:
+            req.set_route(rule.rule)
+
+    url_rule = property(lambda self: self.__dict__.get("_instrument_url_rule"), set_rule)
+    return cast("type[Request]", type(base.__name__, (base,), {
+        "url_rule": url_rule, "__module__": base.__module__, "__doc__": base.__doc__}))
+
+
+class _Response:
+    """One request's ``start_response`` (for the app) and body (for the server)."""
+
+    __slots__ = ("_closed", "_context", "_exhausted", "_inner", "_req", "_start_response")
+
+    def __init__(self, req: ServerRequest, start_response: StartResponse,
+                 context: Context) -> None:
+        self._req = req
+        self._start_response = start_response
+        self._context = context
+        self._inner: Iterable[bytes] = ()
+        self._exhausted = self._closed = False
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Any:
+        req = self._req
+        content_type, ours = None, False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == "content-type":
+                content_type = value
+            elif lname in _TRACE_HEADERS:
+                ours = True
+        if ours:  # the app set them itself: the request's trace wins, never two values
+            headers = [h for h in headers if h[0].lower() not in _TRACE_HEADERS]
+        try:
+            if req.route is None:  # no rule matched (a 404/405): __unmatched__
+                rule = request.url_rule if has_request_context() else None
+                req.set_route(rule.rule if rule is not None else None)
+            code = int(status[:3])
+            if req.status is None:  # else an error handler replaced a response not yet sent
+                req.response_started(code, content_type)
+            req.status = code
+        except Exception as err:
+            _metrics.report_internal_error("flask_start_response", err)
+        return self._start_response(status, headers + req.response_headers(), exc_info)
+
+    def __iter__(self) -> Iterator[bytes]:
+        # The server reads the body after the app call: each step runs in the request's
+        # context again. A generator, so its end raises no StopIteration.
+        req, it, run = self._req, iter(self._inner), self._context.run
+        try:
+            while (chunk := run(next, it, _END)) is not _END:
+                req.body_sent(chunk)
+                yield chunk
+        except Exception as err:  # the app's body failed: its error, not the client's
+            req.failed(err)
+            raise
+        self._exhausted = True  # not in a `finally`: a hang-up closes this generator too
+        req.finish()  # the whole body is out: the clock stops before close() runs anything
+
+    def close(self) -> None:
+        """Record the request (once), then close the app's iterable, in the trace."""
+        if self._closed:
+            return
+        self._closed = True
+        req = self._req
+        if not self._exhausted and req.error is None:
+            req.client_disconnected()
+        req.finish()
+        if hasattr(self._inner, "close"):  # call_on_close work: after the clock, in the trace
+            self._context.run(self._inner.close)
+
+    def __del__(self) -> None:  # never closed by the server: count it, leave contexts alone
+        if not getattr(self, "_closed", True):
+            self._req.finish()
+
+
+def _trace_headers_of(environ: Environ) -> dict[str, str | None] | None:
+    """The only two request headers the core reads, straight from the environ."""
+    trace_id, traceparent = environ.get("HTTP_X_TRACE_ID"), environ.get("HTTP_TRACEPARENT")
+    if trace_id is None and traceparent is None:
+        return None
+    return {"X-Trace-ID": trace_id, "traceparent": traceparent}
+
+
+def _untimed(environ: Environ, start_response: StartResponse, app: WSGIApp) -> Iterable[bytes]:
+    """Serve unmeasured (no trace counted either); the trace ID still goes in and out."""
+    trace_id, parent = extract_context(_trace_headers_of(environ))
+    token = _current.set(TraceContext(
+        accept_trace_id(trace_id) if trace_id is not None else new_trace_id(), parent))
+    try:
+        extra = trace_headers()
+        return app(environ, lambda status, headers, exc_info=None:
+                   start_response(status, headers + extra, exc_info))
+    finally:
+        _current.reset(token)
+
+
+def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_log: bool = True,
+                   exclude_paths: Iterable[str] = (),
+                   registry: CollectorRegistry | None = None) -> Flask:
+    """Instrument a Flask app: trace IDs in and out, HTTP metrics, access log, metrics routes.
+
+    ``metrics_path=None`` mounts no metrics routes; ``exclude_paths`` (exact, or a prefix
+    ending in ``*``) are served unmeasured but keep their trace ID. Idempotent.
+    """
+    if "instrument" in app.extensions:
+        return app
+    wsgi_app, metrics_app = app.wsgi_app, make_wsgi_app(registry, metrics_path or "/metrics")
+    base, excluded = (metrics_path or "").rstrip("/"), tuple(exclude_paths)
+    metrics_paths = frozenset((base, base + "/", base + "/health", base + "/summary")
+                              if metrics_path else ())
+    exact = frozenset(p for p in excluded if not p.endswith("*"))
+    prefixes = tuple(p[:-1] for p in excluded if p.endswith("*"))
+    metrics = _metrics.metrics_for(registry) if registry is not None else None
+
+    def instrumented(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO") or "/"
+        if path in metrics_paths:
+            return _untimed(environ, start_response, metrics_app)
+        if path in exact or (prefixes and path.startswith(prefixes)):
+            return _untimed(environ, start_response, wsgi_app)
+        if current_request.get() is not None:  # inside another instrumented app: it measures
+            return wsgi_app(environ, start_response)
+        req = ServerRequest(environ.get("REQUEST_METHOD", "GET"),
+                            environ.get("SCRIPT_NAME", "") + path, _trace_headers_of(environ),
+                            f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
+                            if access_log else None, access_log, metrics)
+        # The request's own context: the app call, each body step and close() run in it, so
+        # the trace is bound there once and the server's context is never touched.
+        response = _Response(req, start_response, copy_context())
+        run = response._context.run
+        run(req.enter)
+        try:
+            response._inner = run(wsgi_app, environ, response.start_response)
+        except BaseException as err:  # PROPAGATE_EXCEPTIONS: the server makes the 500
+            req.failed(err)
+            response.close()
+            raise
+        return response
+
+    def log_exception(exc_info: Any) -> None:  # logged once, as the request ends: not twice
+        if (req := current_request.get()) is None:
+            return flask_log_exception(exc_info)
+        req.failed(exc_info[1])
+
+    flask_log_exception = app.log_exception
+    app.wsgi_app = app.extensions["instrument"] = instrumented  # type: ignore[method-assign]
+    app.log_exception = log_exception  # type: ignore[method-assign]
+    app.request_class = _routed(app.request_class)
+    return app
