@@ -14,7 +14,7 @@ from loguru import logger
 
 from instrument import _metrics
 from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
-from instrument._propagation import extract_context, trace_headers
+from instrument._propagation import extract_context, headers_for, trace_headers
 
 UNMATCHED = "__unmatched__"
 CLIENT_CLOSED = 499
@@ -46,27 +46,27 @@ class ServerRequest:
     def __init__(self, method: str, path: str, headers: Any, client: str | None = None,
                  access_log: bool = True, metrics: _metrics.Metrics | None = None) -> None:
         self.start = perf_counter()
-        self.metrics = metrics or _metrics.current()
+        m = self.metrics = metrics or _metrics.current()
         self.method = method
         self.path = path
         self.client = client
         self.access_log = access_log
         trace_id, parent = extract_context(headers)
-        self.trace = TraceContext(accept_trace_id(trace_id) if trace_id is not None
-                                  else new_trace_id(), parent)
+        self.trace = TraceContext(new_trace_id() if trace_id is None
+                                  else accept_trace_id(trace_id), parent)
         self.route: str | None = None
         self.status: int | None = None
         self.bytes_sent = 0
         self.sse = False
         self.sse_events = 0
-        self.streams: list[StreamObserver] = []
+        self.streams: list[StreamObserver] | None = None  # most requests have none
         self.disconnected = False
         self.error: BaseException | None = None
         self.finished = False
         self._in_progress: Any = None
-        self._stream_start = 0.0
+        self._stream_start = 0.0  # > 0 once an SSE response is measured here
         self._token: tuple[Token[TraceContext | None], Token[ServerRequest | None]] | None = None
-        self.metrics.traces.inc()
+        m.traces.inc()
 
     # -- context ---------------------------------------------------------------
     def enter(self) -> None:
@@ -85,11 +85,7 @@ class ServerRequest:
 
     def response_headers(self) -> list[tuple[str, str]]:
         """``X-Trace-ID`` (and ``traceparent``) to add to the response."""
-        token = _current.set(self.trace)
-        try:
-            return trace_headers()
-        finally:
-            _current.reset(token)
+        return headers_for(self.trace)
 
     # -- lifecycle ---------------------------------------------------------------
     def set_route(self, route: str | None) -> None:
@@ -104,6 +100,8 @@ class ServerRequest:
 
     def attach_stream(self, stream: StreamObserver) -> None:
         """A ``@track_sse`` stream opened while serving this request (it measures itself)."""
+        if self.streams is None:
+            self.streams = []
         self.streams.append(stream)
         if self.disconnected:
             stream.client_disconnected()
@@ -127,7 +125,7 @@ class ServerRequest:
         """The client went away before the response completed: tell the streams first."""
         if not self.disconnected:
             self.disconnected = True
-            for stream in self.streams:
+            for stream in self.streams or ():
                 try:
                     stream.client_disconnected()
                 except Exception as exc:
@@ -162,7 +160,7 @@ class ServerRequest:
             _metrics.report_internal_error("http_request", exc)
 
     def _record(self, elapsed: float) -> None:
-        m = self.metrics
+        m, method, trace = self.metrics, self.method, self.trace
         if self.route is None:
             self.set_route(None)
         route = self.route or UNMATCHED
@@ -175,30 +173,25 @@ class ServerRequest:
         else:
             status = self.status or 500
         status_label = str(status)
-        m.http_requests.child(self.method, route, status_label).inc()
-        if status >= 500 and status != CLIENT_CLOSED or (
-                self.error is not None and not self.disconnected):
-            m.http_errors.child(self.method, route, status_label).inc()
-        token = _current.set(self.trace)
-        try:
-            if self.sse:
-                if not self.streams:
-                    self._close_fallback_stream()
-            else:
-                m.http_duration.child(self.method, route).observe(elapsed, m.exemplar())
-            if self.error is not None and not self.disconnected:
-                logger.bind(event="unhandled_exception", method=self.method, route=route,
-                            path=self.path).opt(exception=self.error).error(
-                    "unhandled exception while serving {method} {path}",
-                    method=self.method, path=self.path)
-            if self.access_log:
-                logger.bind(event="request", method=self.method, route=route, path=self.path,
-                            status=status, latency_ms=round(elapsed * 1000, 3),
-                            bytes=self.bytes_sent, client=self.client).info(
-                    "{method} {path} {status}", method=self.method, path=self.path,
-                    status=status)
-        finally:
-            _current.reset(token)
+        m.http_requests.child(method, route, status_label).inc()
+        failed = self.error is not None and not self.disconnected
+        if (status >= 500 and status != CLIENT_CLOSED) or failed:
+            m.http_errors.child(method, route, status_label).inc()
+        if self._stream_start:
+            self._close_fallback_stream()
+        elif not self.sse:
+            m.http_duration.child(method, route).observe(elapsed, _exemplar(m, trace))
+        if failed:
+            logger.bind(event="unhandled_exception", method=method, route=route,
+                        path=self.path, trace_id=trace.trace_id, span_id=trace.span_id).opt(
+                exception=self.error).error("unhandled exception while serving {method} {path}",
+                                            method=method, path=self.path)
+        if self.access_log:
+            logger.bind(event="request", method=method, route=route, path=self.path,
+                        status=status, latency_ms=round(elapsed * 1000, 3),
+                        bytes=self.bytes_sent, client=self.client, trace_id=trace.trace_id,
+                        span_id=trace.span_id).info(
+                "{method} {path} {status}", method=method, path=self.path, status=status)
 
     # -- SSE responses not produced by a @track_sse generator ------------------------
     def _open_fallback_stream(self) -> None:
@@ -217,10 +210,18 @@ class ServerRequest:
         else:
             outcome = "completed"
         m.sse_active.child(endpoint).dec()
-        m.sse_duration.child(endpoint).observe(perf_counter() - self._stream_start, m.exemplar())
+        m.sse_duration.child(endpoint).observe(perf_counter() - self._stream_start,
+                                               _exemplar(m, self.trace))
         if self.sse_events:
             m.sse_events.child(endpoint).inc(self.sse_events)
         m.sse_closed.child(endpoint, outcome).inc()
+
+
+def _exemplar(m: _metrics.Metrics, trace: TraceContext) -> dict[str, str] | None:
+    trace_id = trace.trace_id
+    if m.multiprocess or len(trace_id) > _metrics.MAX_EXEMPLAR_ID:
+        return None
+    return {"trace_id": trace_id}
 
 
 class ClientRequest:

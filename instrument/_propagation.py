@@ -6,7 +6,13 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from instrument._context import _current, is_valid_trace_id, is_w3c_trace_id, new_span_id
+from instrument._context import (
+    TraceContext,
+    _current,
+    is_valid_trace_id,
+    is_w3c_trace_id,
+    new_span_id,
+)
 
 TRACE_HEADER = "X-Trace-ID"
 TRACEPARENT = "traceparent"
@@ -68,6 +74,23 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
     return trace_id, parent_id
 
 
+# Lower-case names of the two headers we read, as ASGI (bytes) and WSGI-style (str) keys.
+_WANTED: dict[Any, int] = {b"x-trace-id": 0, b"traceparent": 1, "x-trace-id": 0,
+                           "traceparent": 1}
+
+
+def _scan_pairs(pairs: list[Any]) -> tuple[str | None, str | None]:
+    found: list[str | None] = [None, None]
+    for pair in pairs:
+        key = pair[0]
+        index = _WANTED.get(key)
+        if index is None and len(key) in (10, 11):  # same length: maybe another case
+            index = _WANTED.get(key.lower())
+        if index is not None and found[index] is None:
+            found[index] = _text(pair[1])
+    return found[0], found[1]
+
+
 def extract_context(headers: Any) -> tuple[str | None, str | None]:
     """(trace_id, remote parent span ID) from incoming headers.
 
@@ -75,8 +98,12 @@ def extract_context(headers: Any) -> tuple[str | None, str | None]:
     but invalid ``X-Trace-ID`` (returned as-is so ``use_trace_id`` replaces it
     and logs a warning); else (None, None).
     """
-    trace_header = get_header(headers, TRACE_HEADER)
-    traceparent = parse_traceparent(get_header(headers, TRACEPARENT))
+    if type(headers) is list:  # ASGI and WSGI-style pairs: one pass finds both
+        trace_header, raw_parent = _scan_pairs(headers)
+    else:
+        trace_header = get_header(headers, TRACE_HEADER)
+        raw_parent = get_header(headers, TRACEPARENT)
+    traceparent = parse_traceparent(raw_parent) if raw_parent is not None else None
     if trace_header is not None and is_valid_trace_id(trace_header):
         parent = traceparent[1] if traceparent and traceparent[0] == trace_header else None
         return trace_header, parent
@@ -90,15 +117,19 @@ def extract_trace_id(headers: Any) -> str | None:
     return extract_context(headers)[0]
 
 
+def headers_for(ctx: TraceContext) -> list[tuple[str, str]]:
+    """``X-Trace-ID`` and, for a W3C-shaped ID, ``traceparent`` for this trace context."""
+    trace_id = ctx.trace_id
+    if is_w3c_trace_id(trace_id):
+        return [(TRACE_HEADER, trace_id),
+                (TRACEPARENT, f"00-{trace_id}-{ctx.span_id or new_span_id()}-01")]
+    return [(TRACE_HEADER, trace_id)]
+
+
 def trace_headers() -> list[tuple[str, str]]:
-    """Outgoing headers for the current trace: ``X-Trace-ID``, and ``traceparent`` if W3C-shaped."""
+    """The outgoing headers for the current trace (none outside a trace)."""
     ctx = _current.get()
-    if ctx is None:
-        return []
-    out = [(TRACE_HEADER, ctx.trace_id)]
-    if is_w3c_trace_id(ctx.trace_id):
-        out.append((TRACEPARENT, f"00-{ctx.trace_id}-{ctx.span_id or new_span_id()}-01"))
-    return out
+    return [] if ctx is None else headers_for(ctx)
 
 
 def inject_headers(headers: H) -> H:
