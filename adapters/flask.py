@@ -118,12 +118,14 @@ class _Response:
             self._req.finish()
 
 
-def _trace_headers_of(environ: Environ) -> dict[str, str | None] | None:
-    """The only two request headers the core reads, straight from the environ."""
-    trace_id, traceparent = environ.get("HTTP_X_TRACE_ID"), environ.get("HTTP_TRACEPARENT")
-    if trace_id is None and traceparent is None:
-        return None
-    return {"X-Trace-ID": trace_id, "traceparent": traceparent}
+def _trace_headers_of(environ: Environ) -> list[tuple[str, str]]:
+    """The only two request headers the core reads, straight from the environ, as pairs."""
+    pairs = []
+    if (trace_id := environ.get("HTTP_X_TRACE_ID")) is not None:
+        pairs.append(("x-trace-id", trace_id))
+    if (traceparent := environ.get("HTTP_TRACEPARENT")) is not None:
+        pairs.append(("traceparent", traceparent))
+    return pairs
 
 
 def _untimed(environ: Environ, start_response: StartResponse, app: WSGIApp) -> Iterable[bytes]:
