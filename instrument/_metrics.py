@@ -14,7 +14,9 @@ import re
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
+from time import monotonic
 from typing import Any, cast
 
 from loguru import logger
@@ -95,6 +97,8 @@ class Family:
                         seen.add(value)
                 bounded.append(value)
             child = self._metric.labels(*bounded) if bounded else self._metric
+            if self.spec.kind == "histogram":
+                child = BoundHistogram(child, self.spec.buckets)
             if len(self._children) < _CHILD_CACHE_LIMIT:
                 self._children[values] = child
             return child
@@ -102,6 +106,42 @@ class Family:
     @property
     def metric(self) -> Any:
         return self._metric
+
+
+# Prometheus keeps one exemplar per histogram bucket: the latest. Refreshing a bucket's
+# exemplar at most this often (seconds) keeps every bucket's exemplar fresh to well within
+# a scrape interval, while a hot series stops paying for exemplars it would overwrite.
+EXEMPLAR_INTERVAL = 0.1
+
+
+class BoundHistogram:
+    """A histogram child whose exemplars are refreshed per bucket at most every 100 ms.
+
+    The first observation in a bucket always carries its exemplar, so a rare slow
+    request is never missed; only a bucket's rapid repeats go without one.
+    """
+
+    __slots__ = ("_bounds", "_child", "_last")
+
+    def __init__(self, child: Any, bounds: tuple[float, ...]) -> None:
+        self._child = child
+        self._bounds = bounds
+        self._last = [-EXEMPLAR_INTERVAL] * (len(bounds) + 1)
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar is not None:
+            bucket = bisect_left(self._bounds, amount)
+            now = monotonic()
+            if now - self._last[bucket] >= EXEMPLAR_INTERVAL:
+                self._last[bucket] = now
+                self._child.observe(amount, exemplar)
+                return
+        self._child.observe(amount)
+
+    @property
+    def child(self) -> Any:
+        """The prometheus-client child underneath."""
+        return self._child
 
 
 class _UptimeCollector(Collector):

@@ -271,3 +271,26 @@ def test_multiprocess_mode_aggregates_workers_with_livesum_gauges(tmp_path: Path
     notices = [r for r in out["logs"] if r.get("event") == "instrument_notice"]
     assert len(notices) == 1
     assert "exemplars are unavailable" in notices[0]["message"]
+
+
+def _exemplars(registry: CollectorRegistry, name: str) -> dict[str, str]:
+    """bucket upper bound -> exemplar trace_id, for one histogram."""
+    return {s.labels["le"]: s.exemplar.labels["trace_id"]
+            for family in registry.collect() for s in family.samples
+            if s.name == name and s.exemplar is not None}
+
+
+def test_each_bucket_gets_an_exemplar_refreshed_at_most_every_interval(
+        registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(_metrics, "monotonic", lambda: clock[0])
+    child = _metrics.current().cache_duration.child("answers")
+    name = "cache_lookup_duration_seconds_bucket"
+    child.observe(0.0002, {"trace_id": "first"})
+    child.observe(0.0003, {"trace_id": "second"})  # same bucket, same instant: kept "first"
+    child.observe(0.3, {"trace_id": "slow"})  # another bucket always gets its own
+    assert _exemplars(registry, name) == {"0.0005": "first", "0.5": "slow"}
+    clock[0] += _metrics.EXEMPLAR_INTERVAL
+    child.observe(0.0004, {"trace_id": "later"})
+    assert _exemplars(registry, name)["0.0005"] == "later"
+    assert value(registry, "cache_lookup_duration_seconds_count", cache="answers") == 4

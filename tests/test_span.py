@@ -164,7 +164,7 @@ def test_bookkeeping_failures_do_not_reach_the_user(monkeypatch: pytest.MonkeyPa
     def broken(*args: Any) -> None:
         raise RuntimeError("metric store broke")
 
-    child = _metrics.current().span_duration.child("work")
+    child = _metrics.current().span_duration.child("work").child
     monkeypatch.setattr(child, "observe", broken)
     with trace_span("work") as span:
         result = 42
