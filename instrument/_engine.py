@@ -92,15 +92,6 @@ def _safe_item(obs: Observer, value: Any) -> Any:
         return value
 
 
-def _start(factory: ObserverFactory, instance: Any, args: tuple[Any, ...],
-           kwargs: dict[str, Any]) -> Observer | None:
-    try:
-        return factory(instance, args, kwargs)
-    except Exception as err:
-        _metrics.report_internal_error("observer_start", err)
-        return None
-
-
 class SyncStream:
     """A wrapped generator: iterates the source inside the call's context, one step at a time."""
 
@@ -261,7 +252,11 @@ def instrument_callable(fn: F, factory: ObserverFactory,
     if kind == "coroutine":
         async def call_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
                              kwargs: dict[str, Any]) -> Any:
-            obs = _start(factory, instance, args, kwargs)
+            try:
+                obs = factory(instance, args, kwargs)
+            except Exception as err:  # our bookkeeping failed: the call runs unobserved
+                _metrics.report_internal_error("observer_start", err)
+                obs = None
             if obs is None:
                 return await wrapped(*args, **kwargs)
             state = obs.enter()
@@ -280,7 +275,11 @@ def instrument_callable(fn: F, factory: ObserverFactory,
     if kind == "function":
         def call(wrapped: Any, instance: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Any:
-            obs = _start(factory, instance, args, kwargs)
+            try:
+                obs = factory(instance, args, kwargs)
+            except Exception as err:  # our bookkeeping failed: the call runs unobserved
+                _metrics.report_internal_error("observer_start", err)
+                obs = None
             if obs is None:
                 return wrapped(*args, **kwargs)
             state = obs.enter()
@@ -300,7 +299,11 @@ def instrument_callable(fn: F, factory: ObserverFactory,
 
     def call_stream(wrapped: Any, instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-        obs = _start(factory, instance, args, kwargs)
+        try:
+            obs = factory(instance, args, kwargs)
+        except Exception as err:
+            _metrics.report_internal_error("observer_start", err)
+            obs = None
         if obs is None:
             return wrapped(*args, **kwargs)
         state = obs.enter()

@@ -26,19 +26,19 @@ _SERIES_CACHE = 256
 
 
 class Usage:
-    """Token counts of one call. ``input`` includes ``cached_input`` (OpenAI's convention)."""
+    """Token counts of one call. ``input`` includes ``cached_input`` (OpenAI's convention).
 
-    __slots__ = ("api_cost_usd", "cached_input", "closed", "cost_usd", "explicit", "input",
-                 "output")
+    The zeros are class attributes on purpose: most calls record usage once or
+    never, and an instance that only reads its defaults costs no ``__init__``.
+    """
 
-    def __init__(self) -> None:
-        self.input = 0
-        self.output = 0
-        self.cached_input = 0
-        self.cost_usd: float | None = None
-        self.api_cost_usd = 0.0
-        self.explicit = False
-        self.closed = False  # the call has ended: record_usage no longer applies
+    input = 0
+    output = 0
+    cached_input = 0
+    cost_usd: float | None = None
+    api_cost_usd = 0.0
+    explicit = False
+    closed = False  # the call has ended: record_usage no longer applies
 
     def merge(self, found: tuple[int, int, int]) -> None:
         """Usage read from a response or chunk: cumulative, so the latest non-zero figure wins."""
@@ -62,10 +62,6 @@ class Usage:
         if cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + cost_usd
         self.api_cost_usd += api_cost_usd
-
-    @property
-    def seen(self) -> bool:
-        return bool(self.input or self.output or self.cached_input)
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -117,12 +113,13 @@ class Series:
     streams shows no time-to-first-token series.
     """
 
-    __slots__ = ("duration", "inflight", "ok")
+    __slots__ = ("duration", "inflight", "ok", "unpriced")
 
     def __init__(self, metrics: _metrics.Metrics, provider: str, model: str) -> None:
         self.inflight = metrics.provider_inflight.child(provider)
         self.duration = metrics.provider_duration.child(provider, model)
         self.ok = metrics.provider_requests.child(provider, model, "ok")
+        self.unpriced: Any = None  # bound when first needed
 
 
 # Return values that cannot carry usage: skip looking for it.
@@ -139,7 +136,7 @@ class ProviderCall(TracedObserver):
                  log_io: bool, kwargs: dict[str, Any] | None, series: Series | None = None
                  ) -> None:
         self.usage = Usage()
-        super().__init__(metrics, self.usage)
+        TracedObserver.__init__(self, metrics, self.usage)
         self.provider = provider
         self.model = model
         self.operation = operation
@@ -178,7 +175,9 @@ class ProviderCall(TracedObserver):
             m.provider_requests.child(provider, model, status).inc()
             if status == "error" and exc is not None:
                 m.provider_errors.child(provider, model, error_type(exc)).inc()
-        exemplar = self.exemplar()
+        trace_id = self.trace.trace_id
+        exemplar = (None if m.multiprocess or len(trace_id) > _metrics.MAX_EXEMPLAR_ID
+                    else {"trace_id": trace_id})
         latency = now - self.start
         series.duration.observe(latency, exemplar)
         ttft = self.first_at - self.start if self.first_at else None
@@ -213,17 +212,25 @@ class ProviderCall(TracedObserver):
             return cost
         if (status == "ok" and not u.api_cost_usd) or seen:
             # never a silent $0: no usage and no fee reported, or tokens without a price
-            m.unpriced.child(provider, model).inc()
-            key = (provider, model)
-            # model names come from callers, so the memory of warnings is bounded
-            if key not in _warned_unpriced and len(_warned_unpriced) < _MAX_WARNED:
-                _warned_unpriced.add(key)
-                logger.bind(event="unpriced_model", provider=provider, model=model,
-                            trace_id=self.trace.trace_id).warning(
-                    "no price or no usage for {provider}/{model}: its cost is not counted; "
-                    "add it with instrument.load_prices() or call record_usage(cost_usd=...)",
-                    provider=provider, model=model)
+            series = self.series
+            if series.unpriced is None:
+                series.unpriced = m.unpriced.child(provider, model)
+                self._warn_unpriced()
+            series.unpriced.inc()
         return None
+
+    def _warn_unpriced(self) -> None:
+        """Once per (provider, model), however many decorated functions use it."""
+        key = (self.provider, self.model)
+        # model names come from callers, so the memory of warnings is bounded
+        if key in _warned_unpriced or len(_warned_unpriced) >= _MAX_WARNED:
+            return
+        _warned_unpriced.add(key)
+        logger.bind(event="unpriced_model", provider=key[0], model=key[1],
+                    trace_id=self.trace.trace_id).warning(
+            "no price or no usage for {provider}/{model}: its cost is not counted; "
+            "add it with instrument.load_prices() or call record_usage(cost_usd=...)",
+            provider=key[0], model=key[1])
 
     def _log(self, status: str, exc: BaseException | None, latency: float, ttft: float | None,
              cost: float | None, result: Any) -> None:
@@ -304,7 +311,7 @@ def track_provider(provider: str, model: str | None = None, *, operation: str = 
         cache: dict[tuple[_metrics.Metrics, str], Series] = {}
 
         def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProviderCall:
-            metrics = resolve_metrics(registry)
+            metrics = _metrics.current() if registry is None else resolve_metrics(registry)
             name = model or kwargs.get("model") or UNKNOWN_MODEL
             if not isinstance(name, str):
                 name = str(name)
