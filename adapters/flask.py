@@ -35,19 +35,28 @@ _TRACE_HEADERS = frozenset({"x-trace-id", "traceparent"})
 _END: Any = object()
 
 
-def _routed(base: type[Request]) -> type[Request]:
-    """``base`` whose ``url_rule``, which Flask sets once routing matched, also labels the
-    request with its template: no per-request hook to run (a ``before_request`` or URL value
-    preprocessor costs several context-local lookups on every request)."""
+class _RuleLabel:
+    """Set-only descriptor for ``Request.url_rule``: Flask writes it once, when routing matched,
+    and that write labels the request with the rule's template. With no ``__get__``, Flask's
+    many reads come straight from the instance dict, at no cost."""
 
-    def set_rule(self: Request, rule: Rule | None) -> None:
-        self.__dict__["_instrument_url_rule"] = rule
+    def __set__(self, request: Request, rule: Rule | None) -> None:
+        request.__dict__["url_rule"] = rule
         if rule is not None and (req := current_request.get()) is not None:
             req.set_route(rule.rule)
 
-    url_rule = property(lambda self: self.__dict__.get("_instrument_url_rule"), set_rule)
+
+def _routed(base: type[Request]) -> type[Request]:
+    """``base`` whose ``url_rule`` write labels the request (no per-request hook to run: a
+    ``before_request`` or URL value preprocessor costs several context-local lookups)."""
+
+    def __init__(self: Request, *args: Any, **kwargs: Any) -> None:
+        self.__dict__["url_rule"] = None  # what the class attribute gave before
+        base.__init__(self, *args, **kwargs)
+
     return cast("type[Request]", type(base.__name__, (base,), {
-        "url_rule": url_rule, "__module__": base.__module__, "__doc__": base.__doc__}))
+        "url_rule": _RuleLabel(), "__init__": __init__, "__module__": base.__module__,
+        "__doc__": base.__doc__}))
 
 
 class _Response:

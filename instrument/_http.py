@@ -14,7 +14,7 @@ from loguru import logger
 
 from instrument import _metrics
 from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
-from instrument._propagation import extract_context, headers_for, trace_headers
+from instrument._propagation import extract_checked, headers_for, trace_headers
 
 UNMATCHED = "__unmatched__"
 CLIENT_CLOSED = 499
@@ -51,9 +51,10 @@ class ServerRequest:
         self.path = path
         self.client = client
         self.access_log = access_log
-        trace_id, parent = extract_context(headers)
-        self.trace = TraceContext(new_trace_id() if trace_id is None
-                                  else accept_trace_id(trace_id), parent)
+        trace_id, parent, valid = extract_checked(headers)
+        if not valid:
+            trace_id = new_trace_id() if trace_id is None else accept_trace_id(trace_id)
+        self.trace = TraceContext(trace_id, parent)
         self.route: str | None = None
         self.status: int | None = None
         self.bytes_sent = 0

@@ -98,6 +98,12 @@ def extract_context(headers: Any) -> tuple[str | None, str | None]:
     but invalid ``X-Trace-ID`` (returned as-is so ``use_trace_id`` replaces it
     and logs a warning); else (None, None).
     """
+    trace_id, parent, _valid = extract_checked(headers)
+    return trace_id, parent
+
+
+def extract_checked(headers: Any) -> tuple[str | None, str | None, bool]:
+    """``extract_context`` plus whether the ID is already known valid (saves a second check)."""
     if type(headers) is list:  # ASGI and WSGI-style pairs: one pass finds both
         trace_header, raw_parent = _scan_pairs(headers)
     else:
@@ -106,10 +112,10 @@ def extract_context(headers: Any) -> tuple[str | None, str | None]:
     traceparent = parse_traceparent(raw_parent) if raw_parent is not None else None
     if trace_header is not None and is_valid_trace_id(trace_header):
         parent = traceparent[1] if traceparent and traceparent[0] == trace_header else None
-        return trace_header, parent
+        return trace_header, parent, True
     if traceparent is not None:
-        return traceparent
-    return trace_header, None
+        return traceparent[0], traceparent[1], True
+    return trace_header, None, False
 
 
 def extract_trace_id(headers: Any) -> str | None:
