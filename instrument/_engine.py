@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Generator
-from contextvars import Token
 from typing import Any, TypeVar, cast
 
 import wrapt
@@ -319,13 +318,4 @@ def instrument_callable(fn: F, factory: ObserverFactory,
         return stream(source, obs)
 
     return cast(F, wrapt.FunctionWrapper(fn, call_stream))
-
-
-def reset_token(var: Any, token: Token[Any] | None) -> None:
-    """Reset a context variable, tolerating a token from another context."""
-    if token is not None:
-        try:
-            var.reset(token)
-        except ValueError:
-            pass
 

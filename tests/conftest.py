@@ -75,3 +75,21 @@ def logs() -> LogCapture:
     capture = LogCapture()
     instrument.configure_logging("DEBUG", sink=capture)
     return capture
+
+
+@pytest.fixture(autouse=True)
+def _no_internal_errors(registry: CollectorRegistry, request: pytest.FixtureRequest
+                        ) -> Iterator[None]:
+    """In modules marked ``no_internal_errors``, a swallowed bookkeeping error fails the test
+    (unless it asks for ``expect_internal_errors``): swallowing must not hide bugs."""
+    yield
+    if (request.node.get_closest_marker("no_internal_errors") is not None
+            and "expect_internal_errors" not in request.fixturenames):
+        assert not [s for m in registry.collect() if m.name == "instrument_internal_errors"
+                    for s in m.samples if s.name.endswith("_total")]
+
+
+@pytest.fixture
+def expect_internal_errors() -> None:
+    """Marks a test that provokes an internal error on purpose."""
+

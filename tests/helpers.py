@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import urllib.request
@@ -59,3 +60,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Boom(Exception):
+    """The user's own exception: it must come back out of any decorator unchanged."""
+
+
+def dropped_async_generator(backend: str) -> Any:
+    """Around the GC of an unexhausted async generator: trio warns about it, asyncio does not.
+
+    The wrapper cannot ``await aclose()`` from ``__del__``; the source is finalised by the
+    event loop's async-generator hooks exactly as an unwrapped one would be.
+    """
+    if backend == "trio":
+        import pytest
+
+        return pytest.warns(ResourceWarning, match="garbage collected before it had been "
+                                                   "exhausted")
+    return contextlib.nullcontext()
+

@@ -13,19 +13,7 @@ from instrument import configure_logging, record_cache, track_cache
 from tests.conftest import LogCapture
 from tests.helpers import value
 
-
-@pytest.fixture(autouse=True)
-def _no_internal_errors(registry: CollectorRegistry, request: pytest.FixtureRequest
-                        ) -> Iterator[None]:
-    yield
-    if "expect_internal_errors" not in request.fixturenames:
-        assert not [s for m in registry.collect() if m.name == "instrument_internal_errors"
-                    for s in m.samples if s.name.endswith("_total")]
-
-
-@pytest.fixture
-def expect_internal_errors() -> None:
-    """Marks a test that provokes an internal error on purpose."""
+pytestmark = pytest.mark.no_internal_errors
 
 
 def counts(registry: CollectorRegistry, cache: str = "kv") -> tuple[float, float, float]:

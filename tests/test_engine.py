@@ -9,7 +9,6 @@ untouched. The decorators' own tests check the metrics and logs built on this.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import inspect
@@ -46,31 +45,15 @@ from instrument._engine import (
 )
 from instrument._metrics import current
 from instrument._observe import TracedObserver
-from tests.helpers import value
+from tests.helpers import Boom, dropped_async_generator, value
+
+pytestmark = pytest.mark.no_internal_errors
 
 
 def internal_errors(registry: CollectorRegistry) -> float:
     return sum(s.value for metric in registry.collect()
                if metric.name == "instrument_internal_errors"
                for s in metric.samples if s.name.endswith("_total"))
-
-
-@pytest.fixture(autouse=True)
-def _no_internal_errors(registry: CollectorRegistry, request: pytest.FixtureRequest
-                        ) -> Iterator[None]:
-    """The engine swallows bookkeeping errors: make sure none happened unless a test wants one."""
-    yield
-    if "expect_internal_errors" not in request.fixturenames:
-        assert internal_errors(registry) == 0
-
-
-@pytest.fixture
-def expect_internal_errors() -> None:
-    """Marks a test that provokes an internal error on purpose."""
-
-
-class Boom(Exception):
-    pass
 
 
 class Recorder(Observer):
@@ -124,18 +107,6 @@ def only(made: list[Recorder]) -> Recorder:
     assert obs.ended
     assert obs.open == 0
     return obs
-
-
-def dropped_async_generator(backend: str) -> Any:
-    """Around the GC of an unexhausted async generator: trio warns about it, asyncio does not.
-
-    The wrapper cannot ``await aclose()`` from ``__del__``; the source is finalised by the
-    event loop's async-generator hooks exactly as an unwrapped one would be.
-    """
-    if backend == "trio":
-        return pytest.warns(ResourceWarning, match="garbage collected before it had been "
-                                                   "exhausted")
-    return contextlib.nullcontext()
 
 
 def frames(exc: BaseException) -> list[str]:

@@ -8,7 +8,6 @@ log line as JSON; the cost figures are worked out by hand from
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
@@ -30,12 +29,14 @@ from instrument import (
 )
 from instrument._pricing import reset_prices
 from tests.conftest import LogCapture
-from tests.helpers import value
+from tests.helpers import Boom, dropped_async_generator, value
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
 KINDS = ["function", "coroutine", "generator", "asyncgen"]
 STREAMS = ["generator", "asyncgen"]
+
+pytestmark = pytest.mark.no_internal_errors
 
 
 @pytest.fixture(autouse=True)
@@ -44,25 +45,6 @@ def _fresh_provider_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(_provider, "_warned_unpriced", set())
     yield
     reset_prices()
-
-
-@pytest.fixture(autouse=True)
-def _no_internal_errors(registry: CollectorRegistry) -> Iterator[None]:
-    yield
-    assert not [s for m in registry.collect() if m.name == "instrument_internal_errors"
-                for s in m.samples if s.name.endswith("_total")]
-
-
-class Boom(Exception):
-    pass
-
-
-def dropped_async_generator(backend: str) -> Any:
-    """Trio warns when an unexhausted async generator is collected; asyncio does not."""
-    if backend == "trio":
-        return pytest.warns(ResourceWarning, match="garbage collected before it had been "
-                                                   "exhausted")
-    return contextlib.nullcontext()
 
 
 class Body:

@@ -9,7 +9,6 @@ stream never iterated).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import re
 import threading
@@ -24,30 +23,13 @@ from sse_starlette import ServerSentEvent
 from instrument import HEARTBEAT, get_span_id, get_trace_id, track_sse, use_trace_id
 from instrument._http import ServerRequest
 from tests.conftest import LogCapture
-from tests.helpers import value
+from tests.helpers import Boom, dropped_async_generator, value
 
 EP = "/events"
 OUTCOMES = ("completed", "client_disconnect", "error", "cancelled")
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
-
-@pytest.fixture(autouse=True)
-def _no_internal_errors(registry: CollectorRegistry) -> Iterator[None]:
-    yield
-    assert not [s for m in registry.collect() if m.name == "instrument_internal_errors"
-                for s in m.samples if s.name.endswith("_total")]
-
-
-class Boom(Exception):
-    pass
-
-
-def dropped_async_generator(backend: str) -> Any:
-    """Trio warns when an unexhausted async generator is collected; asyncio does not."""
-    if backend == "trio":
-        return pytest.warns(ResourceWarning, match="garbage collected before it had been "
-                                                   "exhausted")
-    return contextlib.nullcontext()
+pytestmark = pytest.mark.no_internal_errors
 
 
 def assert_closed(registry: CollectorRegistry, outcome: str, *, events: int,
