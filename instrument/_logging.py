@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from datetime import timezone
+from functools import lru_cache
 from typing import Any, TextIO
 
 from loguru import logger
@@ -35,19 +36,25 @@ _FRAMEWORK_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.er
                       "httpx", "flask.app")
 
 
+_MARKERS = tuple(marker.replace("-", "_") for marker in SECRET_KEYS)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+@lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
+    """Whether values under this key are redacted (cached: log field names are a small set)."""
     # Header spellings (``api-key``, Azure OpenAI's) are matched like field names.
     lowered = key.lower().replace("-", "_")
     if lowered in _SAFE_KEYS:
         return False
     # "tokens" (plural) names a count such as prompt_tokens, never a credential.
     lowered = lowered.replace("tokens", "")
-    return any(marker.replace("-", "_") in lowered for marker in SECRET_KEYS)
+    return any(marker in lowered for marker in _MARKERS)
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
     """A copy of ``value`` with the values under secret-looking keys replaced."""
-    if _depth > 6:
+    if type(value) in _SCALARS or _depth > 6:
         return value
     if isinstance(value, Mapping):
         return {
