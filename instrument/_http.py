@@ -52,8 +52,10 @@ class ServerRequest:
         self.client = client
         self.access_log = access_log
         trace_id, parent, valid = extract_checked(headers)
-        if not valid:
-            trace_id = new_trace_id() if trace_id is None else accept_trace_id(trace_id)
+        if trace_id is None:
+            trace_id = new_trace_id()
+        elif not valid:
+            trace_id = accept_trace_id(trace_id)
         self.trace = TraceContext(trace_id, parent)
         self.route: str | None = None
         self.status: int | None = None
