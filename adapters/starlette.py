@@ -31,6 +31,7 @@ __all__ = ["InstrumentMiddleware", "instrument_app"]
 
 A = TypeVar("A", bound=ASGIApp)
 _TRACE_NAMES = frozenset({b"x-trace-id", b"traceparent"})
+_NAMES = {"X-Trace-ID": b"x-trace-id", "traceparent": b"traceparent"}
 
 
 def _add_headers(message: Message, trace: list[tuple[str, str]]) -> str | None:
@@ -43,7 +44,8 @@ def _add_headers(message: Message, trace: list[tuple[str, str]]) -> str | None:
             headers.append(pair)
             if name == b"content-type":
                 content_type = pair[1].decode("latin-1")
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in trace]
+    headers += [(_NAMES.get(k) or k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in trace]
     message["headers"] = headers
     return content_type
 

@@ -39,9 +39,20 @@ class ServerRequest:
     ``exit()``. ``finish`` is idempotent.
     """
 
-    __slots__ = ("_in_progress", "_stream_start", "_token", "access_log", "bytes_sent", "client",
-                 "disconnected", "error", "finished", "method", "metrics", "path", "route",
-                 "sse", "sse_events", "start", "status", "streams", "trace")
+    # Per-request state that most requests never change lives in class attributes:
+    # an instance writes only what differs (no __slots__, so these defaults apply).
+    route: str | None = None
+    status: int | None = None
+    bytes_sent = 0
+    sse = False
+    sse_events = 0
+    streams: list[StreamObserver] | None = None  # most requests have none
+    disconnected = False
+    error: BaseException | None = None
+    finished = False
+    _in_progress: Any = None
+    _stream_start = 0.0  # > 0 once an SSE response is measured here
+    _token: tuple[Token[TraceContext | None], Token[ServerRequest | None]] | None = None
 
     def __init__(self, method: str, path: str, headers: Any, client: str | None = None,
                  access_log: bool = True, metrics: _metrics.Metrics | None = None) -> None:
@@ -57,18 +68,6 @@ class ServerRequest:
         elif not valid:
             trace_id = accept_trace_id(trace_id)
         self.trace = TraceContext(trace_id, parent)
-        self.route: str | None = None
-        self.status: int | None = None
-        self.bytes_sent = 0
-        self.sse = False
-        self.sse_events = 0
-        self.streams: list[StreamObserver] | None = None  # most requests have none
-        self.disconnected = False
-        self.error: BaseException | None = None
-        self.finished = False
-        self._in_progress: Any = None
-        self._stream_start = 0.0  # > 0 once an SSE response is measured here
-        self._token: tuple[Token[TraceContext | None], Token[ServerRequest | None]] | None = None
         m.traces.inc()
 
     # -- context ---------------------------------------------------------------
