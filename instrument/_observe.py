@@ -60,13 +60,15 @@ def resolve_metrics(registry: Any) -> _metrics.Metrics:
     return _metrics.current() if registry is None else _metrics.metrics_for(registry)
 
 
+# loguru keeps the lowest level any sink accepts on its (single, long-lived) core object.
+_LOGURU_CORE = getattr(logger, "_core", None)
+
+
 def log_enabled(level_no: int) -> bool:
     """Whether any loguru sink would take a record of this level.
 
     Lets hot paths skip building a structured event nobody will read. Reads
     loguru's own cached minimum; if its internals ever change, we just log.
     """
-    try:
-        return bool(level_no >= logger._core.min_level)  # type: ignore[attr-defined]
-    except AttributeError:
-        return True
+    core = _LOGURU_CORE
+    return core is None or level_no >= getattr(core, "min_level", 0)

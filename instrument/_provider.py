@@ -307,19 +307,24 @@ def track_provider(provider: str, model: str | None = None, *, operation: str = 
         raise ValueError(f"model must be a string or None, got {model!r}")
 
     def decorate(func: F) -> F:
-        # bound children per (metrics, model); model names come from callers, so bounded
-        cache: dict[tuple[_metrics.Metrics, str], Series] = {}
+        # bound children per model, for the metrics in use (configure() may switch them);
+        # model names come from callers, so the cache is bounded
+        cache: dict[str, Series] = {}
+        cached_for: list[_metrics.Metrics | None] = [None]
 
         def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProviderCall:
             metrics = _metrics.current() if registry is None else resolve_metrics(registry)
+            if metrics is not cached_for[0]:
+                cache.clear()
+                cached_for[0] = metrics
             name = model or kwargs.get("model") or UNKNOWN_MODEL
             if not isinstance(name, str):
                 name = str(name)
-            series = cache.get((metrics, name))
+            series = cache.get(name)
             if series is None:
                 series = Series(metrics, provider, name)
                 if len(cache) < _SERIES_CACHE:
-                    cache[(metrics, name)] = series
+                    cache[name] = series
             return ProviderCall(metrics, provider, name, operation, log_io,
                                 kwargs if log_io else None, series)
 
