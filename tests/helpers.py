@@ -6,7 +6,7 @@ import contextlib
 import socket
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -78,4 +78,27 @@ def dropped_async_generator(backend: str) -> Any:
         return pytest.warns(ResourceWarning, match="garbage collected before it had been "
                                                    "exhausted")
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any, **config: Any) -> Iterator[str]:
+    """``app`` on uvicorn in a background thread on 127.0.0.1; stopped on the way out,
+    pass or fail. ``config`` goes to ``uvicorn.Config``."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                           **config))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), timeout=10)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "uvicorn did not stop"
 

@@ -11,7 +11,6 @@ and the active gauge returns to zero.
 from __future__ import annotations
 
 import gc
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -20,7 +19,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
@@ -30,7 +28,7 @@ from starlette.routing import Route
 
 from instrument import get_trace_id, track_sse
 from tests.conftest import LogCapture
-from tests.helpers import free_port, value, wait_until
+from tests.helpers import serve_asgi, value, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -104,20 +102,9 @@ def make_app() -> Starlette:
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """``app`` on uvicorn in a background thread; stopped on the way out, pass or fail."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off",
-                            loop="asyncio", http="h11", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), timeout=10)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "uvicorn did not stop"
+    with serve_asgi(app, lifespan="off", loop="asyncio", http="h11",
+                    timeout_graceful_shutdown=2) as url:
+        yield url
 
 
 def read_then_leave(url: str, wanted: int, heartbeats: int = 0) -> list[str]:

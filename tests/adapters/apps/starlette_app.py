@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import anyio
-import uvicorn
 from fastapi import BackgroundTasks, FastAPI
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -18,7 +16,7 @@ from starlette.routing import Route
 
 from instrument import get_trace_id
 from instrument.adapters.starlette import instrument_app
-from tests.helpers import free_port, wait_until
+from tests.helpers import serve_asgi
 
 ITEM_ROUTE = "/items/{item_id}"
 BACKGROUND_TRACE_IDS: list[str | None] = []
@@ -114,18 +112,8 @@ def create_fastapi_app() -> FastAPI:
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on 127.0.0.1 from a thread; yield its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                           access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), timeout=10)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_asgi(app, access_log=False, lifespan="on") as url:
+        yield url
 
 
 @contextmanager
