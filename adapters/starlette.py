@@ -58,6 +58,28 @@ def _template(scope: Scope, root: str) -> str | None:
     root_path = scope.get("root_path", "")
     prefix = root_path[len(root):]  # what the mounts in between consumed
     fastapi = scope.get("fastapi")
+    if isinstance(fastapi, dict) and fastapi.get("effective_route_context") is not None:
+        return _find_template(scope, route, root_path, prefix)  # include_router: per context
+    # A route's template under a given prefix never changes: keep it on the route itself
+    # (routes live as long as their app; some, like FastAPI's, are unhashable).
+    known: dict[str, str] | None = getattr(route, "_instrument_templates", None)
+    found = known.get(prefix) if known is not None else None
+    if found is None:
+        found = _find_template(scope, route, root_path, prefix)
+        if found is not None and not isinstance(route, (Mount, Host)):
+            if known is None:
+                known = {}
+                try:
+                    route._instrument_templates = known
+                except AttributeError:  # a route class with __slots__: no caching
+                    return found
+            if len(known) < 64:
+                known[prefix] = found
+    return found
+
+
+def _find_template(scope: Scope, route: Any, root_path: str, prefix: str) -> str | None:
+    fastapi = scope.get("fastapi")
     if isinstance(fastapi, dict):  # FastAPI >= 0.116 keeps include_router prefixes here
         context = fastapi.get("effective_route_context")
         if context is not None and getattr(context, "original_route", None) is route:

@@ -51,6 +51,7 @@ class ServerRequest:
     error: BaseException | None = None
     finished = False
     _in_progress: Any = None
+    _series: RouteSeries | None = None
     _stream_start = 0.0  # > 0 once an SSE response is measured here
     _token: tuple[Token[TraceContext | None], Token[ServerRequest | None]] | None = None
 
@@ -95,8 +96,9 @@ class ServerRequest:
         if self.route is None:
             self.route = route or UNMATCHED
             try:
-                self._in_progress = self.metrics.http_in_progress.child(self.method, self.route)
-                self._in_progress.inc()
+                series = self._series = route_series(self.metrics, self.method, self.route)
+                series.in_progress.inc()
+                self._in_progress = series.in_progress
             except Exception as exc:
                 _metrics.report_internal_error("http_in_progress", exc)
 
@@ -174,15 +176,22 @@ class ServerRequest:
             status = 500
         else:
             status = self.status or 500
-        status_label = str(status)
-        m.http_requests.child(method, route, status_label).inc()
+        series = self._series or route_series(m, method, route)
+        if status == 200:
+            if series.ok is None:
+                series.ok = m.http_requests.child(method, route, "200")
+            series.ok.inc()
+        else:
+            m.http_requests.child(method, route, str(status)).inc()
         failed = self.error is not None and not self.disconnected
         if (status >= 500 and status != CLIENT_CLOSED) or failed:
-            m.http_errors.child(method, route, status_label).inc()
+            m.http_errors.child(method, route, str(status)).inc()
         if self._stream_start:
             self._close_fallback_stream()
         elif not self.sse:
-            m.http_duration.child(method, route).observe(elapsed, _exemplar(m, trace))
+            if series.duration is None:
+                series.duration = m.http_duration.child(method, route)
+            series.duration.observe(elapsed, _exemplar(m, trace))
         if failed:
             logger.bind(event="unhandled_exception", method=method, route=route,
                         path=self.path, trace_id=trace.trace_id, span_id=trace.span_id).opt(
@@ -217,6 +226,33 @@ class ServerRequest:
         if self.sse_events:
             m.sse_events.child(endpoint).inc(self.sse_events)
         m.sse_closed.child(endpoint, outcome).inc()
+
+
+class RouteSeries:
+    """The metric children every request of one (method, route) touches, looked up once."""
+
+    __slots__ = ("duration", "in_progress", "ok")
+
+    def __init__(self, m: _metrics.Metrics, method: str, route: str) -> None:
+        self.in_progress = m.http_in_progress.child(method, route)
+        # bound on first use, so an SSE-only route shows no empty duration histogram
+        self.duration: Any = None
+        self.ok: Any = None  # the status-200 counter
+
+
+# Per metrics object: (method, route) -> RouteSeries. Routes are templates, so the set is
+# small; a client sending made-up methods is bounded by the cap (then looked up each time).
+_ROUTE_SERIES_CAP = 4096
+
+
+def route_series(m: _metrics.Metrics, method: str, route: str) -> RouteSeries:
+    cache: dict[tuple[str, str], RouteSeries] = m.route_series
+    found = cache.get((method, route))
+    if found is None:
+        found = RouteSeries(m, method, route)
+        if len(cache) < _ROUTE_SERIES_CAP:
+            cache[(method, route)] = found
+    return found
 
 
 def _exemplar(m: _metrics.Metrics, trace: TraceContext) -> dict[str, str] | None:

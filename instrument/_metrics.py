@@ -163,6 +163,8 @@ class Metrics:
         self.max_label_values = max_label_values
         self.multiprocess = multiprocess_dir() is not None
         self._warned: set[tuple[str, str]] = set()
+        # filled by instrument._http: bound children per (method, route)
+        self.route_series: dict[tuple[str, str], Any] = {}
         self._registered: list[Any] = []
         #: metric names another collector already owned in this registry
         self.clashes: list[str] = []
