@@ -41,7 +41,7 @@ def new_trace_id() -> str:
     bits = _getrandbits(128)
     while not bits:  # pragma: no cover - one chance in 2**128
         bits = _getrandbits(128)
-    return f"{bits:032x}"
+    return "%032x" % bits  # noqa: UP031 - %-formatting is the fastest here (hot path)
 
 
 def new_span_id() -> str:
@@ -49,7 +49,7 @@ def new_span_id() -> str:
     bits = _getrandbits(64)
     while not bits:  # pragma: no cover
         bits = _getrandbits(64)
-    return f"{bits:016x}"
+    return "%016x" % bits  # noqa: UP031 - %-formatting is the fastest here (hot path)
 
 
 def get_trace_id() -> str | None:

@@ -191,7 +191,10 @@ class ServerRequest:
         elif not self.sse:
             if series.duration is None:
                 series.duration = m.http_duration.child(method, route)
-            series.duration.observe(elapsed, _exemplar(m, trace))
+            if m.multiprocess:
+                series.duration.observe(elapsed)
+            else:
+                series.duration.observe_trace(elapsed, trace.trace_id)
         if failed:
             logger.bind(event="unhandled_exception", method=method, route=route,
                         path=self.path, trace_id=trace.trace_id, span_id=trace.span_id).opt(

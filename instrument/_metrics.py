@@ -138,6 +138,16 @@ class BoundHistogram:
                 return
         self._child.observe(amount)
 
+    def observe_trace(self, amount: float, trace_id: str) -> None:
+        """``observe`` with ``{"trace_id": trace_id}`` as exemplar, built only when kept."""
+        bucket = bisect_left(self._bounds, amount)
+        now = monotonic()
+        if now - self._last[bucket] >= EXEMPLAR_INTERVAL and len(trace_id) <= MAX_EXEMPLAR_ID:
+            self._last[bucket] = now
+            self._child.observe(amount, {"trace_id": trace_id})
+        else:
+            self._child.observe(amount)
+
     @property
     def child(self) -> Any:
         """The prometheus-client child underneath."""

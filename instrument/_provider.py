@@ -175,14 +175,17 @@ class ProviderCall(TracedObserver):
             m.provider_requests.child(provider, model, status).inc()
             if status == "error" and exc is not None:
                 m.provider_errors.child(provider, model, error_type(exc)).inc()
-        trace_id = self.trace.trace_id
-        exemplar = (None if m.multiprocess or len(trace_id) > _metrics.MAX_EXEMPLAR_ID
-                    else {"trace_id": trace_id})
         latency = now - self.start
-        series.duration.observe(latency, exemplar)
         ttft = self.first_at - self.start if self.first_at else None
-        if ttft is not None:
-            m.provider_ttft.child(provider, model).observe(ttft, exemplar)
+        if m.multiprocess:  # no exemplars across processes
+            series.duration.observe(latency)
+            if ttft is not None:
+                m.provider_ttft.child(provider, model).observe(ttft)
+        else:
+            trace_id = self.trace.trace_id
+            series.duration.observe_trace(latency, trace_id)
+            if ttft is not None:
+                m.provider_ttft.child(provider, model).observe_trace(ttft, trace_id)
         cost = self._account(status)
         if log_enabled(30 if status == "error" else 20):
             self._log(status, exc, latency, ttft, cost, result)
@@ -313,7 +316,10 @@ def track_provider(provider: str, model: str | None = None, *, operation: str = 
         cached_for: list[_metrics.Metrics | None] = [None]
 
         def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProviderCall:
-            metrics = _metrics.current() if registry is None else resolve_metrics(registry)
+            if registry is None:  # the configured metrics; current() creates them on first use
+                metrics = _metrics._current_metrics or _metrics.current()
+            else:
+                metrics = resolve_metrics(registry)
             if metrics is not cached_for[0]:
                 cache.clear()
                 cached_for[0] = metrics
