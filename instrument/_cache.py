@@ -34,7 +34,7 @@ class CacheLookup(Observer):
     def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
         duration = perf_counter() - self.start
         m = self.metrics
-        m.cache_duration.child(self.cache).observe(duration, m.exemplar())
+        m.cache_duration.child(self.cache).observe_current(duration)
         if outcome != OK:
             return  # a failed lookup is neither a hit nor a miss; the error is the caller's
         _count(m, self.cache, bool(self.hit(result)), duration)
@@ -55,7 +55,7 @@ def record_cache(cache: str, hit: bool, duration: float | None = None, *,
     try:
         m = resolve_metrics(registry)
         if duration is not None:
-            m.cache_duration.child(cache).observe(duration, m.exemplar())
+            m.cache_duration.child(cache).observe_current(duration)
         _count(m, cache, bool(hit), duration)
     except Exception as exc:
         _metrics.report_internal_error("record_cache", exc)

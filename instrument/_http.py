@@ -50,7 +50,6 @@ class ServerRequest:
     disconnected = False
     error: BaseException | None = None
     finished = False
-    _in_progress: Any = None
     _series: RouteSeries | None = None
     _stream_start = 0.0  # > 0 once an SSE response is measured here
     _token: tuple[Token[TraceContext | None], Token[ServerRequest | None]] | None = None
@@ -96,9 +95,9 @@ class ServerRequest:
         if self.route is None:
             self.route = route or UNMATCHED
             try:
-                series = self._series = route_series(self.metrics, self.method, self.route)
+                series = route_series(self.metrics, self.method, self.route)
                 series.in_progress.inc()
-                self._in_progress = series.in_progress
+                self._series = series  # set once counted in progress: finish() undoes it
             except Exception as exc:
                 _metrics.report_internal_error("http_in_progress", exc)
 
@@ -168,8 +167,8 @@ class ServerRequest:
         if self.route is None:
             self.set_route(None)
         route = self.route or UNMATCHED
-        if self._in_progress is not None:
-            self._in_progress.dec()
+        if self._series is not None:
+            self._series.in_progress.dec()
         if self.disconnected and (self.status is None or not self.sse):
             status = CLIENT_CLOSED
         elif self.error is not None and self.status is None:
@@ -191,10 +190,7 @@ class ServerRequest:
         elif not self.sse:
             if series.duration is None:
                 series.duration = m.http_duration.child(method, route)
-            if m.multiprocess:
-                series.duration.observe(elapsed)
-            else:
-                series.duration.observe_trace(elapsed, trace.trace_id)
+            series.duration.observe_trace(elapsed, trace.trace_id)
         if failed:
             logger.bind(event="unhandled_exception", method=method, route=route,
                         path=self.path, trace_id=trace.trace_id, span_id=trace.span_id).opt(
@@ -224,8 +220,8 @@ class ServerRequest:
         else:
             outcome = "completed"
         m.sse_active.child(endpoint).dec()
-        m.sse_duration.child(endpoint).observe(perf_counter() - self._stream_start,
-                                               _exemplar(m, self.trace))
+        m.sse_duration.child(endpoint).observe_trace(perf_counter() - self._stream_start,
+                                                     self.trace.trace_id)
         if self.sse_events:
             m.sse_events.child(endpoint).inc(self.sse_events)
         m.sse_closed.child(endpoint, outcome).inc()
@@ -258,13 +254,6 @@ def route_series(m: _metrics.Metrics, method: str, route: str) -> RouteSeries:
     return found
 
 
-def _exemplar(m: _metrics.Metrics, trace: TraceContext) -> dict[str, str] | None:
-    trace_id = trace.trace_id
-    if m.multiprocess or len(trace_id) > _metrics.MAX_EXEMPLAR_ID:
-        return None
-    return {"trace_id": trace_id}
-
-
 class ClientRequest:
     """One outbound HTTP request: trace headers out, client metrics in."""
 
@@ -292,7 +281,7 @@ class ClientRequest:
             label = str(status) if status is not None else (
                 "error" if exc is None else type(exc).__name__)
             m.client_requests.child(self.host, self.method, label).inc()
-            m.client_duration.child(self.host, self.method).observe(elapsed, m.exemplar())
+            m.client_duration.child(self.host, self.method).observe_current(elapsed)
         except Exception as err:
             _metrics.report_internal_error("http_client", err)
         return elapsed

@@ -98,7 +98,7 @@ class Family:
                 bounded.append(value)
             child = self._metric.labels(*bounded) if bounded else self._metric
             if self.spec.kind == "histogram":
-                child = BoundHistogram(child, self.spec.buckets)
+                child = BoundHistogram(child, self.spec.buckets, not self._owner.multiprocess)
             if len(self._children) < _CHILD_CACHE_LIMIT:
                 self._children[values] = child
             return child
@@ -121,11 +121,12 @@ class BoundHistogram:
     request is never missed; only a bucket's rapid repeats go without one.
     """
 
-    __slots__ = ("_bounds", "_child", "_last")
+    __slots__ = ("_bounds", "_child", "_exemplars", "_last")
 
-    def __init__(self, child: Any, bounds: tuple[float, ...]) -> None:
+    def __init__(self, child: Any, bounds: tuple[float, ...], exemplars: bool = True) -> None:
         self._child = child
         self._bounds = bounds
+        self._exemplars = exemplars  # False in multiprocess mode, which cannot store them
         self._last = [-EXEMPLAR_INTERVAL] * (len(bounds) + 1)
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
@@ -138,15 +139,27 @@ class BoundHistogram:
                 return
         self._child.observe(amount)
 
-    def observe_trace(self, amount: float, trace_id: str) -> None:
-        """``observe`` with ``{"trace_id": trace_id}`` as exemplar, built only when kept."""
+    def observe_trace(self, amount: float, trace_id: str | None) -> None:
+        """Observe with ``{"trace_id": trace_id}`` as exemplar, built only when it is kept.
+
+        No exemplar without a trace, in multiprocess mode, or for an ID longer than
+        prometheus-client accepts (exemplar labels are capped at 128 runes).
+        """
+        if trace_id is None or not self._exemplars or len(trace_id) > MAX_EXEMPLAR_ID:
+            self._child.observe(amount)
+            return
         bucket = bisect_left(self._bounds, amount)
         now = monotonic()
-        if now - self._last[bucket] >= EXEMPLAR_INTERVAL and len(trace_id) <= MAX_EXEMPLAR_ID:
+        if now - self._last[bucket] >= EXEMPLAR_INTERVAL:
             self._last[bucket] = now
             self._child.observe(amount, {"trace_id": trace_id})
         else:
             self._child.observe(amount)
+
+    def observe_current(self, amount: float) -> None:
+        """Observe with the current trace (if any) as exemplar."""
+        ctx = _current.get()
+        self.observe_trace(amount, ctx.trace_id if ctx is not None else None)
 
     @property
     def child(self) -> Any:
@@ -265,13 +278,6 @@ class Metrics:
         for collector in self._registered:
             self.registry.unregister(collector)
         self._registered.clear()
-
-    def exemplar(self) -> dict[str, str] | None:
-        """``{"trace_id": ...}`` for the current trace, when exemplars can be stored."""
-        ctx = _current.get()
-        if ctx is None or self.multiprocess or len(ctx.trace_id) > MAX_EXEMPLAR_ID:
-            return None
-        return {"trace_id": ctx.trace_id}
 
     def overflow(self, metric: str, label: str, value: str) -> None:
         """Count a label value folded into ``other``; warn once per (metric, label)."""

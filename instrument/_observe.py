@@ -48,13 +48,6 @@ class TracedObserver(Observer):
         except ValueError:  # entered in another context (a GC finaliser): nothing to undo
             pass
 
-    def exemplar(self) -> dict[str, str] | None:
-        """The call's own trace ID as an exemplar (the span is no longer current at ``end``)."""
-        trace_id = self.trace.trace_id
-        if self.metrics.multiprocess or len(trace_id) > _metrics.MAX_EXEMPLAR_ID:
-            return None
-        return {"trace_id": trace_id}
-
 
 def resolve_metrics(registry: Any) -> _metrics.Metrics:
     return _metrics.current() if registry is None else _metrics.metrics_for(registry)

@@ -177,15 +177,10 @@ class ProviderCall(TracedObserver):
                 m.provider_errors.child(provider, model, error_type(exc)).inc()
         latency = now - self.start
         ttft = self.first_at - self.start if self.first_at else None
-        if m.multiprocess:  # no exemplars across processes
-            series.duration.observe(latency)
-            if ttft is not None:
-                m.provider_ttft.child(provider, model).observe(ttft)
-        else:
-            trace_id = self.trace.trace_id
-            series.duration.observe_trace(latency, trace_id)
-            if ttft is not None:
-                m.provider_ttft.child(provider, model).observe_trace(ttft, trace_id)
+        trace_id = self.trace.trace_id
+        series.duration.observe_trace(latency, trace_id)
+        if ttft is not None:
+            m.provider_ttft.child(provider, model).observe_trace(ttft, trace_id)
         cost = self._account(status)
         if log_enabled(30 if status == "error" else 20):
             self._log(status, exc, latency, ttft, cost, result)

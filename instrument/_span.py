@@ -13,21 +13,14 @@ from loguru import logger
 
 from instrument import _metrics
 from instrument._context import TraceContext, _current, accept_trace_id, new_span_id, new_trace_id
-from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
+from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable, outcome_for
 from instrument._observe import TracedObserver, log_enabled
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_CANCELLED = ("CancelledError", "Cancelled", "GeneratorExit", "KeyboardInterrupt")
-
-
 def outcome_of(exc: BaseException | None) -> str:
     """ok, error, or cancelled (task cancellation and early close are not errors)."""
-    if exc is None:
-        return "ok"
-    if type(exc).__name__ in _CANCELLED:
-        return "cancelled"
-    return "error"
+    return "ok" if exc is None else _ENGINE_OUTCOMES[outcome_for(exc)]
 
 
 class Span:
@@ -70,9 +63,7 @@ def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,
     """Observe a closed span (duration with its trace as exemplar, errors) and log it at DEBUG."""
     try:
         m = metrics or _metrics.current()
-        exemplar = None if m.multiprocess or len(trace_id) > _metrics.MAX_EXEMPLAR_ID else {
-            "trace_id": trace_id}
-        m.span_duration.child(name).observe(duration, exemplar)
+        m.span_duration.child(name).observe_trace(duration, trace_id)
         if outcome == "error":
             m.span_errors.child(name).inc()
         if log_enabled(10):

@@ -89,8 +89,8 @@ class SSEStream(TracedObserver):
         self.metrics.sse_events.child(self.endpoint).inc()
         if not self.first_event_at:
             self.first_event_at = perf_counter()
-            self.metrics.sse_ttfe.child(self.endpoint).observe(
-                self.first_event_at - self.start, self.exemplar())
+            self.metrics.sse_ttfe.child(self.endpoint).observe_trace(
+                self.first_event_at - self.start, self.trace.trace_id)
         return value
 
     def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
@@ -107,7 +107,7 @@ class SSEStream(TracedObserver):
         m, endpoint = self.metrics, self.endpoint
         duration = perf_counter() - self.start
         m.sse_active.child(endpoint).dec()
-        m.sse_duration.child(endpoint).observe(duration, self.exemplar())
+        m.sse_duration.child(endpoint).observe_trace(duration, self.trace.trace_id)
         m.sse_closed.child(endpoint, label).inc()
         if not log_enabled(20):
             return

@@ -175,14 +175,17 @@ def test_the_default_limit_is_one_hundred(registry: CollectorRegistry) -> None:
 
 def test_no_exemplar_outside_a_trace_or_for_ids_prometheus_would_refuse(
         registry: CollectorRegistry) -> None:
-    m = _metrics.current()
-    assert m.exemplar() is None
+    name = "cache_lookup_duration_seconds_bucket"
+    _metrics.current().cache_duration.child("a").observe_current(0.0002)
+    assert _exemplars(registry, name) == {}
     with use_trace_id("t" * 120):
-        assert m.exemplar() == {"trace_id": "t" * 120}
-    with use_trace_id("t" * 121):
-        assert m.exemplar() is None  # prometheus-client caps exemplar labels at 128 runes
+        _metrics.current().cache_duration.child("b").observe_current(0.0002)
+    assert _exemplars(registry, name) == {"0.0005": "t" * 120}
+    with use_trace_id("t" * 121):  # prometheus-client caps exemplar labels at 128 runes
+        _metrics.current().cache_duration.child("c").observe_current(0.0002)
         with trace_span("long id"):
             pass
+    assert value(registry, "cache_lookup_duration_seconds_count", cache="c") == 1
     assert value(registry, "span_duration_seconds_count", span="long id") == 1
     assert value(registry, "instrument_internal_errors_total", where="span") == 0
 

@@ -152,3 +152,18 @@ def test_httpx_snippet_sends_the_trace_and_counts_the_call(tmp_path: Path) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_logs_snippet_writes_json_lines_with_the_trace_and_no_secret(tmp_path: Path) -> None:
+    (tmp_path / "logs.py").write_text(snippet("logs"))
+    out = subprocess.run([sys.executable, "logs.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{'X-Trace-ID': 'req-42'}"
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [line["message"] for line in lines] == ["calling upstream",
+                                                   "stdlib logs carry the trace too"]
+    assert all(line["trace_id"] == "req-42" for line in lines)
+    assert lines[0]["headers"]["Authorization"] == "[REDACTED]"
+    assert lines[1]["logger"] == "myapp"
+    assert "sk-secret" not in out.stderr
