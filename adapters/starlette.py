@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from instrument import _metrics
 from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
 from instrument._exposition import make_asgi_app
-from instrument._http import ServerRequest, current_request
+from instrument._http import ServerRequest
 from instrument._propagation import extract_context, trace_headers
 from instrument._span import outcome_of
 
@@ -31,22 +31,27 @@ __all__ = ["InstrumentMiddleware", "instrument_app"]
 
 A = TypeVar("A", bound=ASGIApp)
 _TRACE_NAMES = frozenset({b"x-trace-id", b"traceparent"})
-_NAMES = {"X-Trace-ID": b"x-trace-id", "traceparent": b"traceparent"}
 
 
-def _add_headers(message: Message, trace: list[tuple[str, str]]) -> str | None:
-    """Put the trace headers on a response start (replacing the app's); return its content type."""
+def _add_headers(message: Message, trace: list[tuple[bytes, bytes]]) -> str | None:
+    """Put the trace headers on a response start (replacing the app's); return its content type.
+
+    Names are compared case-insensitively, but only lower-cased when their length matches.
+    """
     content_type = None
-    headers = []  # a new list: the app may send its own again (Starlette's raw_headers)
-    for pair in message.get("headers", ()):
-        name = pair[0].lower()
-        if name not in _TRACE_NAMES:
-            headers.append(pair)
-            if name == b"content-type":
-                content_type = pair[1].decode("latin-1")
-    headers += [(_NAMES.get(k) or k.lower().encode("latin-1"), v.encode("latin-1"))
-                for k, v in trace]
-    message["headers"] = headers
+    clash = False
+    headers = message.get("headers", ())
+    for name, value in headers:
+        size = len(name)
+        if size == 12:
+            if name.lower() == b"content-type":
+                content_type = value.decode("latin-1")
+        elif (size == 10 or size == 11) and name.lower() in _TRACE_NAMES:
+            clash = True
+    if clash:  # the app set them itself: the request's trace wins, never two values
+        headers = [pair for pair in headers if pair[0].lower() not in _TRACE_NAMES]
+    # a new list: the app may send its own again (Starlette's raw_headers)
+    message["headers"] = [*headers, *trace]
     return content_type
 
 
@@ -126,7 +131,8 @@ class InstrumentMiddleware:
         self._prefixes = tuple(p[:-1] for p in excluded if p.endswith("*"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or current_request.get() is not None:
+        if scope["type"] != "http" or ((ctx := _current.get()) is not None
+                                       and ctx.request is not None):
             await self.app(scope, receive, send)  # websocket, lifespan, an instrumented mount
             return
         root, path = scope.get("root_path", ""), scope["path"]
@@ -156,28 +162,33 @@ class InstrumentMiddleware:
         async def send_observed(message: Message) -> None:
             nonlocal complete
             kind = message["type"]
-            if kind == "http.response.start":
-                content_type = _add_headers(message, observer.response_headers())
-                if observer.route is None:
-                    _resolve(observer, scope, root)
-                    observer.set_route(None)  # still unknown once routing is over: unmatched
-                observer.response_started(message["status"], content_type)
-            elif kind == "http.response.body" and (body := message.get("body")):
-                observer.body_sent(body if type(body) is bytes else bytes(body))  # memoryview
+            if kind == "http.response.body":
+                if body := message.get("body"):
+                    if observer.sse:
+                        observer.body_sent(body if type(body) is bytes else bytes(body))
+                    else:
+                        observer.bytes_sent += len(body)
+                last = not message.get("more_body", False)
+            else:
+                last = kind == "http.response.pathsend"
+                if kind == "http.response.start":
+                    content_type = _add_headers(message, observer.raw_response_headers())
+                    if observer.route is None:  # routing is over: a template, or unmatched
+                        observer.set_route(_template(scope, root))
+                    observer.response_started(message["status"], content_type)
             try:
                 await send(message)
             except OSError:  # the client is gone (uvicorn's ClientDisconnected is an OSError)
                 observer.client_disconnected()
                 raise
-            if ((kind == "http.response.body" and not message.get("more_body", False))
-                    or kind == "http.response.pathsend"):
+            if last:
                 complete = True
                 # Starlette runs BackgroundTasks after this send: stop the clock now. A 5xx
                 # waits for the app to return, so the exception behind it is recorded too.
                 if (observer.status or 500) < 500:
                     observer.finish()
 
-        observer.enter()
+        token = _current.set(observer.trace)  # reset below, in this same task
         try:
             await self.app(scope, receive_observed, send_observed)
         except BaseException as exc:
@@ -187,10 +198,11 @@ class InstrumentMiddleware:
                 observer.client_disconnected()
             raise
         finally:
-            if observer.route is None:  # no response (cancelled, or the app sent none)
-                _resolve(observer, scope, root)
-            observer.finish()
-            observer.exit()
+            if not observer.finished:
+                if observer.route is None:  # no response (cancelled, or the app sent none)
+                    _resolve(observer, scope, root)
+                observer.finish()
+            _current.reset(token)
 
 
 async def _untimed(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
@@ -199,7 +211,8 @@ async def _untimed(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> 
     token = _current.set(TraceContext(
         accept_trace_id(trace_id) if trace_id is not None else new_trace_id(), parent))
     try:
-        trace = trace_headers()
+        trace = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                 for name, value in trace_headers()]
 
         async def send_traced(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -28,6 +28,13 @@ CACHE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 SPAN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 60.0, 300.0)
 
+# Prometheus keeps one exemplar per histogram bucket: the latest. Refreshing a bucket's
+# exemplar at most this often (seconds) keeps every bucket's exemplar fresh to well within
+# a scrape interval, while a hot series stops paying for exemplars it would overwrite.
+EXEMPLAR_INTERVAL = 0.1
+# prometheus-client rejects exemplars whose label names+values exceed 128 runes.
+MAX_EXEMPLAR_ID = 128 - len("trace_id")
+
 
 @dataclass(frozen=True)
 class MetricSpec:

@@ -18,13 +18,16 @@ class TraceContext(NamedTuple):
     """The active trace: its ID and the ID of the innermost open span (or remote parent).
 
     ``usage`` is the token accumulator of the innermost ``@track_provider`` call,
-    which ``record_usage`` writes to; it rides along so one context variable
-    serves both (each step of a decorated call sets exactly one).
+    which ``record_usage`` writes to, and ``request`` the served HTTP request
+    (``instrument._http.ServerRequest``) this work belongs to. They ride along so
+    one context variable serves all three: each step of a decorated call, and
+    each served request, sets exactly one.
     """
 
     trace_id: str
     span_id: str | None
     usage: Any = None
+    request: Any = None
 
 
 _current: ContextVar[TraceContext | None] = ContextVar("instrument_trace", default=None)
@@ -74,7 +77,8 @@ def is_valid_trace_id(value: object) -> bool:
 
 
 def is_w3c_trace_id(value: str) -> bool:
-    return _W3C_TRACE_ID.fullmatch(value) is not None and value != "0" * 32
+    return (len(value) == 32 and _W3C_TRACE_ID.fullmatch(value) is not None
+            and value != "0" * 32)
 
 
 def safe_repr(value: object, limit: int = 64) -> str:

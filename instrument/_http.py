@@ -6,15 +6,24 @@ measured, labelled and logged about an HTTP request is decided here, once.
 
 from __future__ import annotations
 
-from contextvars import ContextVar, Token
+from contextvars import Token
+from functools import partial
 from time import perf_counter
 from typing import Any, Protocol
 
 from loguru import logger
 
 from instrument import _metrics
-from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
-from instrument._propagation import extract_checked, headers_for, trace_headers
+from instrument._context import (
+    TraceContext,
+    _current,
+    accept_trace_id,
+    is_w3c_trace_id,
+    new_span_id,
+    new_trace_id,
+)
+from instrument._propagation import TRACE_HEADER, TRACEPARENT, extract_checked, trace_headers
+from instrument._served import Series
 
 UNMATCHED = "__unmatched__"
 CLIENT_CLOSED = 499
@@ -26,8 +35,23 @@ class StreamObserver(Protocol):
     def client_disconnected(self) -> None: ...
 
 
-current_request: ContextVar[ServerRequest | None] = ContextVar("instrument_request",
-                                                               default=None)
+class _CurrentRequest:
+    """``current_request.get()``: the request served in this context, from the trace context.
+
+    The request rides on the one trace context variable (``TraceContext.request``),
+    so serving a request sets a single context variable.
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def get() -> ServerRequest | None:
+        ctx = _current.get()
+        return ctx.request if ctx is not None else None
+
+
+current_request = _CurrentRequest()
+_context = partial(tuple.__new__, TraceContext)  # no Python-level NamedTuple __new__
 
 
 class ServerRequest:
@@ -39,55 +63,83 @@ class ServerRequest:
     ``exit()``. ``finish`` is idempotent.
     """
 
-    # Per-request state that most requests never change lives in class attributes:
-    # an instance writes only what differs (no __slots__, so these defaults apply).
-    route: str | None = None
-    status: int | None = None
-    bytes_sent = 0
-    sse = False
-    sse_events = 0
-    streams: list[StreamObserver] | None = None  # most requests have none
-    disconnected = False
-    error: BaseException | None = None
-    finished = False
-    _series: RouteSeries | None = None
-    _stream_start = 0.0  # > 0 once an SSE response is measured here
-    _token: tuple[Token[TraceContext | None], Token[ServerRequest | None]] | None = None
+    __slots__ = ("_series", "_stream_start", "_token", "_w3c", "access_log", "bytes_sent",
+                 "client", "disconnected", "error", "finished", "method", "metrics", "path",
+                 "route", "span_id", "sse", "sse_events", "start", "status", "streams",
+                 "trace_id")
 
     def __init__(self, method: str, path: str, headers: Any, client: str | None = None,
                  access_log: bool = True, metrics: _metrics.Metrics | None = None) -> None:
         self.start = perf_counter()
-        m = self.metrics = metrics or _metrics.current()
+        self.metrics = metrics or _metrics.current()
         self.method = method
         self.path = path
         self.client = client
         self.access_log = access_log
         trace_id, parent, valid = extract_checked(headers)
+        w3c: bool | None = None  # whether trace_id is W3C-shaped, once known
         if trace_id is None:
-            trace_id = new_trace_id()
+            trace_id, w3c = new_trace_id(), True
         elif not valid:
             trace_id = accept_trace_id(trace_id)
-        self.trace = TraceContext(trace_id, parent)
-        m.traces.inc()
+        self.trace_id = trace_id
+        self.span_id = parent  # the remote parent span, if the caller sent one
+        self._w3c = w3c
+        # no trace counted here: the request's series counts it as it ends
+        self.route: str | None = None
+        self.status: int | None = None
+        self.bytes_sent = 0
+        self.sse = False
+        self.sse_events = 0
+        self.streams: list[StreamObserver] | None = None  # most requests have none
+        self.disconnected = False
+        self.error: BaseException | None = None
+        self.finished = False
+        self._series: Series | None = None  # set once counted in progress
+        self._stream_start = 0.0  # > 0 once an SSE response is measured here
+        self._token: Token[TraceContext | None] | None = None
+
+    @property
+    def trace(self) -> TraceContext:
+        """This request's trace context (what ``enter`` makes current)."""
+        return _context((self.trace_id, self.span_id, None, self))
 
     # -- context ---------------------------------------------------------------
     def enter(self) -> None:
         """Make this request's trace current (undo with ``exit`` in the same context)."""
-        self._token = (_current.set(self.trace), current_request.set(self))
+        self._token = _current.set(_context((self.trace_id, self.span_id, None, self)))
 
     def exit(self) -> None:
-        if self._token is not None:
-            trace_token, request_token = self._token
+        token = self._token
+        if token is not None:
             self._token = None
             try:
-                current_request.reset(request_token)
-                _current.reset(trace_token)
+                _current.reset(token)
             except ValueError:  # reset from another context: nothing left to restore
                 pass
 
     def response_headers(self) -> list[tuple[str, str]]:
         """``X-Trace-ID`` (and ``traceparent``) to add to the response."""
-        return headers_for(self.trace)
+        trace_id = self.trace_id
+        w3c = self._w3c
+        if w3c is None:
+            w3c = self._w3c = is_w3c_trace_id(trace_id)
+        if w3c:
+            return [(TRACE_HEADER, trace_id),
+                    (TRACEPARENT, f"00-{trace_id}-{self.span_id or new_span_id()}-01")]
+        return [(TRACE_HEADER, trace_id)]
+
+    def raw_response_headers(self) -> list[tuple[bytes, bytes]]:
+        """``response_headers`` as ASGI wants them: lower-case names, latin-1 bytes."""
+        trace_id = self.trace_id.encode("latin-1")  # validated: ASCII
+        w3c = self._w3c
+        if w3c is None:
+            w3c = self._w3c = is_w3c_trace_id(self.trace_id)
+        if w3c:
+            span_id = self.span_id or new_span_id()
+            return [(b"x-trace-id", trace_id),
+                    (b"traceparent", b"00-%s-%s-01" % (trace_id, span_id.encode("latin-1")))]
+        return [(b"x-trace-id", trace_id)]
 
     # -- lifecycle ---------------------------------------------------------------
     def set_route(self, route: str | None) -> None:
@@ -95,9 +147,9 @@ class ServerRequest:
         if self.route is None:
             self.route = route or UNMATCHED
             try:
-                series = route_series(self.metrics, self.method, self.route)
-                series.in_progress.inc()
-                self._series = series  # set once counted in progress: finish() undoes it
+                series = self.metrics.served.series(self.method, self.route)
+                series.start(self)
+                self._series = series  # counted in progress: done() undoes it
             except Exception as exc:
                 _metrics.report_internal_error("http_in_progress", exc)
 
@@ -163,44 +215,40 @@ class ServerRequest:
             _metrics.report_internal_error("http_request", exc)
 
     def _record(self, elapsed: float) -> None:
-        m, method, trace = self.metrics, self.method, self.trace
-        if self.route is None:
-            self.set_route(None)
-        route = self.route or UNMATCHED
-        if self._series is not None:
-            self._series.in_progress.dec()
-        if self.disconnected and (self.status is None or not self.sse):
+        series = self._series
+        started = series is not None  # counted in progress, so done() takes it out
+        if series is None:
+            route = self.route or UNMATCHED
+            series = self.metrics.served.series(self.method, route)
+        else:
+            route = self.route  # type: ignore[assignment]  # set with the series
+        status = self.status
+        if self.disconnected and (status is None or not self.sse):
             status = CLIENT_CLOSED
-        elif self.error is not None and self.status is None:
+        elif status is None:
             status = 500
-        else:
-            status = self.status or 500
-        series = self._series or route_series(m, method, route)
-        if status == 200:
-            if series.ok is None:
-                series.ok = m.http_requests.child(method, route, "200")
-            series.ok.inc()
-        else:
-            m.http_requests.child(method, route, str(status)).inc()
         failed = self.error is not None and not self.disconnected
+        series.done(self if started else None, status, None if self.sse else elapsed,
+                    self.trace_id)
         if (status >= 500 and status != CLIENT_CLOSED) or failed:
-            m.http_errors.child(method, route, str(status)).inc()
+            self.metrics.http_errors.child(self.method, route, str(status)).inc()
         if self._stream_start:
             self._close_fallback_stream()
-        elif not self.sse:
-            if series.duration is None:
-                series.duration = m.http_duration.child(method, route)
-            series.duration.observe_trace(elapsed, trace.trace_id)
+        if failed or self.access_log:
+            self._log(route, status, elapsed, failed)
+
+    def _log(self, route: str, status: int, elapsed: float, failed: bool) -> None:
+        method, trace_id, span_id = self.method, self.trace_id, self.span_id
         if failed:
             logger.bind(event="unhandled_exception", method=method, route=route,
-                        path=self.path, trace_id=trace.trace_id, span_id=trace.span_id).opt(
+                        path=self.path, trace_id=trace_id, span_id=span_id).opt(
                 exception=self.error).error("unhandled exception while serving {method} {path}",
                                             method=method, path=self.path)
         if self.access_log:
             logger.bind(event="request", method=method, route=route, path=self.path,
                         status=status, latency_ms=round(elapsed * 1000, 3),
-                        bytes=self.bytes_sent, client=self.client, trace_id=trace.trace_id,
-                        span_id=trace.span_id).info(
+                        bytes=self.bytes_sent, client=self.client, trace_id=trace_id,
+                        span_id=span_id).info(
                 "{method} {path} {status}", method=method, path=self.path, status=status)
 
     # -- SSE responses not produced by a @track_sse generator ------------------------
@@ -221,37 +269,10 @@ class ServerRequest:
             outcome = "completed"
         m.sse_active.child(endpoint).dec()
         m.sse_duration.child(endpoint).observe_trace(perf_counter() - self._stream_start,
-                                                     self.trace.trace_id)
+                                                     self.trace_id)
         if self.sse_events:
             m.sse_events.child(endpoint).inc(self.sse_events)
         m.sse_closed.child(endpoint, outcome).inc()
-
-
-class RouteSeries:
-    """The metric children every request of one (method, route) touches, looked up once."""
-
-    __slots__ = ("duration", "in_progress", "ok")
-
-    def __init__(self, m: _metrics.Metrics, method: str, route: str) -> None:
-        self.in_progress = m.http_in_progress.child(method, route)
-        # bound on first use, so an SSE-only route shows no empty duration histogram
-        self.duration: Any = None
-        self.ok: Any = None  # the status-200 counter
-
-
-# Per metrics object: (method, route) -> RouteSeries. Routes are templates, so the set is
-# small; a client sending made-up methods is bounded by the cap (then looked up each time).
-_ROUTE_SERIES_CAP = 4096
-
-
-def route_series(m: _metrics.Metrics, method: str, route: str) -> RouteSeries:
-    cache: dict[tuple[str, str], RouteSeries] = m.route_series
-    found = cache.get((method, route))
-    if found is None:
-        found = RouteSeries(m, method, route)
-        if len(cache) < _ROUTE_SERIES_CAP:
-            cache[(method, route)] = found
-    return found
 
 
 class ClientRequest:

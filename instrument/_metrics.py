@@ -24,8 +24,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from instrument._catalog import CATALOG, MetricSpec
+from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
 from instrument._context import _current
+from instrument._served import ServedRequests, TraceCount
 
 DEFAULT_MAX_LABEL_VALUES = 100
 OVERFLOW_VALUE = "other"
@@ -33,8 +34,6 @@ OVERFLOW_VALUE = "other"
 # children themselves never exceed max_label_values per label).
 _CHILD_CACHE_LIMIT = 4096
 _MAX_LABEL_LENGTH = 128
-# prometheus-client rejects exemplars whose label names+values exceed 128 runes.
-MAX_EXEMPLAR_ID = 128 - len("trace_id")
 
 PROCESS_START = time.time()
 # A metric-name prefix: what Prometheus accepts at the start of a name (ASCII only).
@@ -108,12 +107,6 @@ class Family:
         return self._metric
 
 
-# Prometheus keeps one exemplar per histogram bucket: the latest. Refreshing a bucket's
-# exemplar at most this often (seconds) keeps every bucket's exemplar fresh to well within
-# a scrape interval, while a hot series stops paying for exemplars it would overwrite.
-EXEMPLAR_INTERVAL = 0.1
-
-
 class BoundHistogram:
     """A histogram child whose exemplars are refreshed per bucket at most every 100 ms.
 
@@ -185,29 +178,32 @@ class Metrics:
         self.namespace = namespace
         self.max_label_values = max_label_values
         self.multiprocess = multiprocess_dir() is not None
+        self.created = time.time()
         self._warned: set[tuple[str, str]] = set()
-        # filled by instrument._http: bound children per (method, route)
-        self.route_series: dict[tuple[str, str], Any] = {}
         self._registered: list[Any] = []
         #: metric names another collector already owned in this registry
         self.clashes: list[str] = []
         self.families: dict[str, Family] = {}
         prefix = f"{namespace}_" if namespace else ""
-        for spec in CATALOG:
-            if spec.name == "system_uptime_seconds":
-                continue
-            self.families[spec.name] = Family(spec, self._create(spec, prefix), self)
+        # Served requests (the hottest path) keep their own records in single-process mode,
+        # exposed under the catalog's names when scraped; multiprocess mode needs children.
+        traces = None if self.multiprocess else TraceCount()
+        #: per (method, route): what each served request records into
+        self.served = ServedRequests(self, traces)
+        collectors = {} if self.multiprocess else self.served.collectors(prefix)
         self.uptime_collector = _UptimeCollector(prefix + "system_uptime_seconds")
-        try:
-            registry.register(self.uptime_collector)
-            self._registered.append(self.uptime_collector)
-        except ValueError:
-            self.clashes.append(prefix + "system_uptime_seconds")
+        collectors["system_uptime_seconds"] = self.uptime_collector
+        for spec in CATALOG:
+            if spec.name in collectors:
+                self._register(collectors[spec.name], prefix + spec.name)
+            else:
+                self.families[spec.name] = Family(spec, self._create(spec, prefix), self)
         f = self.families
-        self.http_requests = f["http_requests_total"]
-        self.http_duration = f["http_request_duration_seconds"]
         self.http_errors = f["http_errors_total"]
-        self.http_in_progress = f["http_requests_in_progress"]
+        if self.multiprocess:
+            self.http_requests = f["http_requests_total"]
+            self.http_duration = f["http_request_duration_seconds"]
+            self.http_in_progress = f["http_requests_in_progress"]
         self.client_requests = f["http_client_requests_total"]
         self.client_duration = f["http_client_request_duration_seconds"]
         self.sse_connections = f["sse_connections_total"]
@@ -229,13 +225,20 @@ class Metrics:
         self.cache_hits = f["cache_hits_total"]
         self.cache_misses = f["cache_misses_total"]
         self.cache_duration = f["cache_lookup_duration_seconds"]
-        self.traces = f["trace_requests_total"].child()
+        self.traces: Any = traces if traces is not None else f["trace_requests_total"].child()
         self.span_duration = f["span_duration_seconds"]
         self.span_errors = f["span_errors_total"]
         self.internal_errors = f["instrument_internal_errors_total"]
         self.label_overflow = f["instrument_label_overflow_total"]
         if self.clashes:
             self._report_clashes()
+
+    def _register(self, collector: Collector, name: str) -> None:
+        try:
+            self.registry.register(collector)
+            self._registered.append(collector)
+        except ValueError:
+            self.clashes.append(name)
 
     def _create(self, spec: MetricSpec, prefix: str) -> Any:
         try:

@@ -33,10 +33,11 @@ class TracedObserver(Observer):
         ctx = _current.get()
         if ctx is None:
             metrics.traces.inc()
-            self.trace = _context((new_trace_id(), new_span_id(), usage))
+            self.trace = _context((new_trace_id(), new_span_id(), usage, None))
             self.parent_span_id: str | None = None
         else:
-            self.trace = _context((ctx.trace_id, new_span_id(), usage or ctx.usage))
+            self.trace = _context((ctx.trace_id, new_span_id(), usage or ctx.usage,
+                                   ctx.request))
             self.parent_span_id = ctx.span_id
 
     def enter(self) -> Any:

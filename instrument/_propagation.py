@@ -80,15 +80,25 @@ _WANTED: dict[Any, int] = {b"x-trace-id": 0, b"traceparent": 1, "x-trace-id": 0,
 
 
 def _scan_pairs(pairs: list[Any]) -> tuple[str | None, str | None]:
-    found: list[str | None] = [None, None]
+    """Both headers from (name, value) pairs in one pass: ASGI's lower-case bytes names are
+    a single dict lookup each; other spellings of the same length are lower-cased first."""
+    trace_header = raw_parent = None
     for pair in pairs:
-        key = pair[0]
-        index = _WANTED.get(key)
-        if index is None and len(key) in (10, 11):  # same length: maybe another case
+        index = _WANTED.get(pair[0])
+        if index is None:
+            key = pair[0]
+            if len(key) != 10 and len(key) != 11:
+                continue
             index = _WANTED.get(key.lower())
-        if index is not None and found[index] is None:
-            found[index] = _text(pair[1])
-    return found[0], found[1]
+            if index is None:
+                continue
+        if index == 0:
+            if trace_header is None:
+                trace_header = pair[1]
+        elif raw_parent is None:
+            raw_parent = pair[1]
+    return (None if trace_header is None else _text(trace_header),
+            None if raw_parent is None else _text(raw_parent))
 
 
 def extract_context(headers: Any) -> tuple[str | None, str | None]:
@@ -109,7 +119,11 @@ def extract_checked(headers: Any) -> tuple[str | None, str | None, bool]:
     else:
         trace_header = get_header(headers, TRACE_HEADER)
         raw_parent = get_header(headers, TRACEPARENT)
-    traceparent = parse_traceparent(raw_parent) if raw_parent is not None else None
+    if raw_parent is None:  # the common case: at most an X-Trace-ID
+        if trace_header is None:
+            return None, None, False
+        return trace_header, None, is_valid_trace_id(trace_header)
+    traceparent = parse_traceparent(raw_parent)
     if trace_header is not None and is_valid_trace_id(trace_header):
         parent = traceparent[1] if traceparent and traceparent[0] == trace_header else None
         return trace_header, parent, True

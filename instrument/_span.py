@@ -49,12 +49,12 @@ def open_span(name: str, attributes: dict[str, Any]) -> tuple[Span, Token[TraceC
     """Start a span under the current one (or a new trace) and make it current."""
     ctx = _current.get()
     if ctx is None:
-        trace_id, parent, usage = new_trace_id(), None, None
+        trace_id, parent, usage, request = new_trace_id(), None, None, None
         _metrics.count_trace()
     else:
-        trace_id, parent, usage = ctx
+        trace_id, parent, usage, request = ctx
     span = Span(name, trace_id, new_span_id(), parent, attributes)
-    return span, _current.set(TraceContext(trace_id, span.span_id, usage))
+    return span, _current.set(TraceContext(trace_id, span.span_id, usage, request))
 
 
 def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,
@@ -176,7 +176,9 @@ def use_trace_id(trace_id: object, parent_span_id: str | None = None) -> Iterato
     """
     accepted = accept_trace_id(trace_id)
     _metrics.count_trace()
-    token = _current.set(TraceContext(accepted, parent_span_id))
+    outer = _current.get()  # still serving the same request, if any
+    token = _current.set(TraceContext(accepted, parent_span_id, None,
+                                      outer.request if outer is not None else None))
     try:
         yield accepted
     finally:

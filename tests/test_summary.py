@@ -61,11 +61,13 @@ def populated(registry: CollectorRegistry) -> _metrics.Metrics:
     """One of everything, with values chosen so every digest is computable by hand."""
     m = _metrics.current()
     # http: 10 requests on GET /chat, 2 of them 5xx; 5 took 20 ms and 5 took 200 ms
-    m.http_requests.child("GET", "/chat", "200").inc(8)
-    m.http_requests.child("GET", "/chat", "503").inc(2)
-    for seconds in [0.02] * 5 + [0.2] * 5:
-        m.http_duration.child("GET", "/chat").observe(seconds)
-    m.http_requests.child("POST", "/embed", "200").inc(5)
+    # (each served request is also a trace: 15 here)
+    chat = m.served.series("GET", "/chat")
+    for i, seconds in enumerate([0.02] * 5 + [0.2] * 5):
+        chat.done(None, 503 if i in (4, 9) else 200, seconds, None)
+    embed = m.served.series("POST", "/embed")
+    for _ in range(5):
+        embed.done(None, 200, None, None)  # counted, not timed (like an SSE response)
     # provider: 4 calls, one failed; durations 1.5 s x3 and 3 s x1
     m.provider_requests.child("openai", "gpt-4o", "ok").inc(3)
     m.provider_requests.child("openai", "gpt-4o", "error").inc(1)
@@ -139,7 +141,7 @@ def test_summary_digests_caches_sse_spans_and_traces(populated: _metrics.Metrics
     assert doc["spans"] == [{"span": "retrieve", "count": 4, "mean_ms": 3.0,
                              "p50_ms": pytest.approx(3.0), "p95_ms": pytest.approx(4.8),
                              "error_rate": 0.0}]
-    assert doc["traces"] == 4
+    assert doc["traces"] == 4 + 15
     assert doc["internal_errors"] == 0
     assert doc["uptime_seconds"] > 0
 

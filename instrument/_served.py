@@ -1,0 +1,288 @@
+"""Served-request metrics: one record per (method, route), two lock holds per request.
+
+A served request is the toolkit's hottest path. Through prometheus-client's
+children it would take a lock five times (trace counter, in-progress up and
+down, the status counter, the duration histogram). Here a request holds its
+series' lock twice, ``start`` and ``done``, and the numbers become Prometheus
+families only when scraped, by collectors registered under the catalog's
+names (``http_requests_total``, ``http_requests_in_progress``,
+``http_request_duration_seconds``, ``trace_requests_total``).
+
+Multiprocess mode cannot use them (every worker's values must live in
+prometheus-client's shared files): ``ChildSeries`` offers the same two calls
+over ordinary children there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import metrics as _client_metrics
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar, Sample
+
+from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
+
+if TYPE_CHECKING:
+    from instrument._metrics import Metrics
+
+#: the catalog metrics kept here (single-process mode)
+NAMES = ("http_requests_total", "http_requests_in_progress", "http_request_duration_seconds",
+         "trace_requests_total")
+_SPECS = {spec.name: spec for spec in CATALOG if spec.name in NAMES}
+_DURATION = _SPECS["http_request_duration_seconds"]
+_BOUNDS = _DURATION.buckets
+_LE = [*(repr(float(b)) for b in _BOUNDS), "+Inf"]  # prometheus-client's spelling
+# (method, route) pairs remembered before lookups stop being cached (each still bounded)
+_SERIES_CACHE_LIMIT = 4096
+
+
+class Series(Protocol):
+    """What a served request records into: ``start`` once in progress, ``done`` once ended.
+
+    ``request`` is the request ``start`` was given, or None if it never started.
+    """
+
+    def start(self, request: object) -> None: ...
+
+    def done(self, request: object, status: int, elapsed: float | None,
+             trace_id: str | None) -> None: ...
+
+
+class RouteSeries:
+    """One (method, route): in progress, requests per status, the duration histogram.
+
+    ``done`` with ``elapsed=None`` counts the request without a duration (an SSE
+    response, measured by the ``sse_*`` family instead).
+    """
+
+    __slots__ = (
+        "_limit",
+        "active",
+        "buckets",
+        "created",
+        "exemplars",
+        "lock",
+        "method",
+        "refreshed",
+        "route",
+        "statuses",
+        "sum",
+        "timed",
+    )
+
+    def __init__(self, method: str, route: str, status_limit: int) -> None:
+        self.method, self.route = method, route
+        self.lock = threading.Lock()
+        # the requests in progress: set.add and set.discard are atomic, so no lock to start
+        self.active: set[object] = set()
+        self.statuses: dict[int | str, int] = {}
+        self.buckets = [0] * (len(_BOUNDS) + 1)  # per bucket, not cumulative; +Inf last
+        self.exemplars: list[Exemplar | None] = [None] * (len(_BOUNDS) + 1)
+        self.refreshed = [-EXEMPLAR_INTERVAL] * (len(_BOUNDS) + 1)
+        self.sum = 0.0
+        self.timed = False  # a duration was ever observed: the histogram is shown
+        self.created = time.time()
+        self._limit = status_limit
+
+    def start(self, request: object) -> None:
+        self.active.add(request)
+
+    def done(self, request: object, status: int, elapsed: float | None,
+             trace_id: str | None) -> None:
+        self.active.discard(request)
+        with self.lock:
+            statuses = self.statuses
+            count = statuses.get(status)
+            if count is not None:
+                statuses[status] = count + 1
+            elif len(statuses) < self._limit:
+                statuses[status] = 1
+            else:  # a misbehaving app inventing status codes: bounded like any label
+                statuses["other"] = statuses.get("other", 0) + 1
+            if elapsed is None:
+                return
+            self.timed = True
+            bucket = bisect_left(_BOUNDS, elapsed)
+            self.buckets[bucket] += 1
+            self.sum += elapsed
+            if trace_id is not None and len(trace_id) <= MAX_EXEMPLAR_ID:
+                now = monotonic()
+                if now - self.refreshed[bucket] >= EXEMPLAR_INTERVAL:
+                    self.refreshed[bucket] = now
+                    self.exemplars[bucket] = Exemplar({"trace_id": trace_id}, elapsed,
+                                                      time.time())
+
+
+class TraceCount:
+    """``trace_requests_total`` for traces that are not served requests (spans, use_trace_id)."""
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        with self._lock:
+            self.value += amount
+
+
+class ServedRequests:
+    """Every served-request series of one ``Metrics``, with bounded method and route labels."""
+
+    def __init__(self, owner: Metrics, traces: TraceCount | None = None) -> None:
+        self._owner = owner
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str], Series] = {}  # as asked -> series
+        self._bounded: dict[tuple[str, str], Series] = {}  # label values -> series
+        self._seen: tuple[set[str], set[str]] = (set(), set())
+        self.traces = traces  # None in multiprocess mode (a child counts them there)
+
+    def series(self, method: str, route: str) -> Series:
+        found = self._series.get((method, route))
+        if found is None:
+            found = self._bind(method, route)
+        return found
+
+    def _bind(self, method: str, route: str) -> Series:
+        owner = self._owner
+        with self._lock:
+            labels = []
+            for seen, label, raw in zip(self._seen, ("method", "route"), (method, route),
+                                        strict=True):
+                value = raw[:128]
+                if value not in seen:
+                    if len(seen) >= owner.max_label_values:
+                        owner.overflow("http_requests_total", label, value)
+                        value = "other"
+                    else:
+                        seen.add(value)
+                labels.append(value)
+            key = (labels[0], labels[1])
+            found = self._bounded.get(key)
+            if found is None:
+                found = self._bounded[key] = (
+                    ChildSeries(owner, *key) if self.traces is None
+                    else RouteSeries(*key, owner.max_label_values))
+            if len(self._series) < _SERIES_CACHE_LIMIT:
+                self._series[(method, route)] = found
+            return found
+
+    def collectors(self, prefix: str) -> dict[str, Collector]:
+        """One collector per catalog name, so a name another library owns clashes alone."""
+        return {name: _View(self, prefix, _SPECS[name], getattr(self, "_" + name))
+                for name in NAMES}
+
+    # -- scrape time --------------------------------------------------------------------
+    def _snapshot(self) -> list[tuple[RouteSeries, int, dict[int | str, int], list[int],
+                                      list[Exemplar | None], float]]:
+        with self._lock:
+            all_series = [s for s in self._bounded.values() if isinstance(s, RouteSeries)]
+        out = []
+        for s in all_series:
+            with s.lock:
+                out.append((s, len(s.active), dict(s.statuses), list(s.buckets), list(s.exemplars),
+                            s.sum))
+        return out
+
+    def _http_requests_total(self, name: str, spec: MetricSpec) -> Metric:
+        family = CounterMetricFamily(name, spec.help, labels=spec.labels)
+        created = _use_created()
+        for s, _active, statuses, _b, _e, _sum in self._snapshot():
+            for status, count in sorted(statuses.items(), key=lambda kv: str(kv[0])):
+                family.add_metric([s.method, s.route, str(status)], count,
+                                  created=s.created if created else None)
+        return family
+
+    def _http_requests_in_progress(self, name: str, spec: MetricSpec) -> Metric:
+        family = GaugeMetricFamily(name, spec.help, labels=spec.labels)
+        for s, active, *_rest in self._snapshot():
+            family.add_metric([s.method, s.route], active)
+        return family
+
+    def _http_request_duration_seconds(self, name: str, spec: MetricSpec) -> Metric:
+        family = HistogramMetricFamily(name, spec.help, labels=spec.labels)
+        created = _use_created()
+        for s, _active, _statuses, buckets, exemplars, total in self._snapshot():
+            if not s.timed:
+                continue
+            cumulative, running = [], 0
+            for le, count, exemplar in zip(_LE, buckets, exemplars, strict=True):
+                running += count
+                cumulative.append((le, running, exemplar) if exemplar is not None
+                                  else (le, running))
+            family.add_metric([s.method, s.route], cumulative, total)
+            if created:
+                family.samples.append(Sample(name + "_created",
+                                             {"method": s.method, "route": s.route}, s.created))
+        return family
+
+    def _trace_requests_total(self, name: str, spec: MetricSpec) -> Metric:
+        served = sum(sum(row[2].values()) for row in self._snapshot())
+        own = self.traces.value if self.traces is not None else 0.0
+        family = CounterMetricFamily(name, spec.help, labels=())
+        family.add_metric([], own + served,
+                          created=self._owner.created if _use_created() else None)
+        return family
+
+
+def _use_created() -> bool:
+    """Whether prometheus-client exports ``_created`` series (it can be switched off)."""
+    return bool(getattr(_client_metrics, "_use_created", True))
+
+
+class _View(Collector):
+    """One catalog name's family, built from the served-request records when scraped."""
+
+    def __init__(self, served: ServedRequests, prefix: str, spec: MetricSpec,
+                 build: Callable[[str, MetricSpec], Metric]) -> None:
+        self._name = prefix + spec.name.removesuffix("_total")
+        self._spec = spec
+        self._build = build
+
+    def collect(self) -> Iterable[Metric]:
+        yield self._build(self._name, self._spec)
+
+    def describe(self) -> Iterable[Metric]:  # names only: registering stays cheap
+        kind = self._spec.kind
+        family = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+                  "histogram": HistogramMetricFamily}[kind]
+        yield family(self._name, self._spec.help, labels=self._spec.labels)
+
+
+class ChildSeries:
+    """Multiprocess mode: the same two calls over prometheus-client children."""
+
+    __slots__ = ("_duration", "_in_progress", "_m", "_method", "_route")
+
+    def __init__(self, m: Metrics, method: str, route: str) -> None:
+        self._m, self._method, self._route = m, method, route
+        self._in_progress = m.http_in_progress.child(method, route)
+        self._duration: Any = None  # bound on first use: an SSE-only route shows none
+
+    def start(self, request: object) -> None:
+        self._in_progress.inc()
+
+    def done(self, request: object, status: int, elapsed: float | None,
+             trace_id: str | None) -> None:
+        m = self._m
+        if request is not None:
+            self._in_progress.dec()
+        m.http_requests.child(self._method, self._route, str(status)).inc()
+        m.traces.inc()
+        if elapsed is not None:
+            if self._duration is None:
+                self._duration = m.http_duration.child(self._method, self._route)
+            self._duration.observe_trace(elapsed, trace_id)
