@@ -24,35 +24,36 @@ from instrument import _metrics
 from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
 from instrument._exposition import make_asgi_app
 from instrument._http import ServerRequest
-from instrument._propagation import extract_context, trace_headers
+from instrument._propagation import extract_asgi, extract_context, trace_headers
 from instrument._span import outcome_of
 
 __all__ = ["InstrumentMiddleware", "instrument_app"]
 
 A = TypeVar("A", bound=ASGIApp)
 _TRACE_NAMES = frozenset({b"x-trace-id", b"traceparent"})
+_SSE = "text/event-stream"
 
 
-def _add_headers(message: Message, trace: list[tuple[bytes, bytes]]) -> str | None:
-    """Put the trace headers on a response start (replacing the app's); return its content type.
+def _add_headers(message: Message, trace: list[tuple[bytes, bytes]]) -> bool:
+    """Put the trace headers on a response start (replacing the app's); True for an SSE body.
 
     Names are compared case-insensitively, but only lower-cased when their length matches.
     """
-    content_type = None
+    sse = False
     clash = False
     headers = message.get("headers", ())
     for name, value in headers:
         size = len(name)
         if size == 12:
             if name.lower() == b"content-type":
-                content_type = value.decode("latin-1")
+                sse = value.startswith(b"text/event-stream")
         elif (size == 10 or size == 11) and name.lower() in _TRACE_NAMES:
             clash = True
     if clash:  # the app set them itself: the request's trace wins, never two values
         headers = [pair for pair in headers if pair[0].lower() not in _TRACE_NAMES]
     # a new list: the app may send its own again (Starlette's raw_headers)
     message["headers"] = [*headers, *trace]
-    return content_type
+    return sse
 
 
 def _template(scope: Scope, root: str) -> str | None:
@@ -147,7 +148,7 @@ class InstrumentMiddleware:
         client = scope.get("client") if self.access_log else None
         observer = ServerRequest(scope["method"], path, scope.get("headers", ()),
                                  f"{client[0]}:{client[1]}" if client else None,
-                                 self.access_log, self._metrics)
+                                 self.access_log, self._metrics, extract_asgi)
         complete = False
 
         async def receive_observed() -> Message:
@@ -172,10 +173,10 @@ class InstrumentMiddleware:
             else:
                 last = kind == "http.response.pathsend"
                 if kind == "http.response.start":
-                    content_type = _add_headers(message, observer.raw_response_headers())
+                    sse = _add_headers(message, observer.raw_response_headers())
                     if observer.route is None:  # routing is over: a template, or unmatched
                         observer.set_route(_template(scope, root))
-                    observer.response_started(message["status"], content_type)
+                    observer.response_started(message["status"], _SSE if sse else None)
             try:
                 await send(message)
             except OSError:  # the client is gone (uvicorn's ClientDisconnected is an OSError)

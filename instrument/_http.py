@@ -6,6 +6,7 @@ measured, labelled and logged about an HTTP request is decided here, once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import Token
 from functools import partial
 from time import perf_counter
@@ -33,6 +34,9 @@ class StreamObserver(Protocol):
     """What a ``@track_sse`` stream exposes to the request that serves it."""
 
     def client_disconnected(self) -> None: ...
+
+
+Extract = Callable[[Any], tuple[str | None, str | None, bool]]
 
 
 class _CurrentRequest:
@@ -69,14 +73,16 @@ class ServerRequest:
                  "trace_id")
 
     def __init__(self, method: str, path: str, headers: Any, client: str | None = None,
-                 access_log: bool = True, metrics: _metrics.Metrics | None = None) -> None:
+                 access_log: bool = True, metrics: _metrics.Metrics | None = None,
+                 extract: Extract = extract_checked) -> None:
+        """``extract`` reads the trace from ``headers``: ``extract_asgi`` for ASGI's."""
         self.start = perf_counter()
         self.metrics = metrics or _metrics.current()
         self.method = method
         self.path = path
         self.client = client
         self.access_log = access_log
-        trace_id, parent, valid = extract_checked(headers)
+        trace_id, parent, valid = extract(headers)
         w3c: bool | None = None  # whether trace_id is W3C-shaped, once known
         if trace_id is None:
             trace_id, w3c = new_trace_id(), True

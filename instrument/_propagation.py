@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from instrument._context import (
+    _VALID_ID,
     TraceContext,
     _current,
     is_valid_trace_id,
@@ -97,8 +98,32 @@ def _scan_pairs(pairs: list[Any]) -> tuple[str | None, str | None]:
                 trace_header = pair[1]
         elif raw_parent is None:
             raw_parent = pair[1]
-    return (None if trace_header is None else _text(trace_header),
-            None if raw_parent is None else _text(raw_parent))
+    if type(trace_header) is bytes:  # ASGI (decoded here: no call per value)
+        trace_header = trace_header.decode("latin-1")
+    elif trace_header is not None:
+        trace_header = _text(trace_header)
+    return trace_header, None if raw_parent is None else _text(raw_parent)
+
+
+def extract_asgi(headers: Any) -> tuple[str | None, str | None, bool]:
+    """``extract_checked`` for ASGI scope headers, whose names are lower-case bytes.
+
+    The ASGI spec has servers lower-case header names (uvicorn, hypercorn and daphne
+    do, and Starlette relies on it), so each name is one comparison; a server that
+    sends ``X-Trace-ID`` in another case gets a fresh trace ID.
+    """
+    trace_header = raw_parent = None
+    for name, value in headers:
+        if name == b"x-trace-id":
+            if trace_header is None:
+                trace_header = value.decode("latin-1")
+        elif name == b"traceparent" and raw_parent is None:
+            raw_parent = value.decode("latin-1")
+    if raw_parent is None:  # the common case: at most an X-Trace-ID
+        if trace_header is None:
+            return None, None, False
+        return trace_header, None, _VALID_ID.fullmatch(trace_header) is not None
+    return _checked(trace_header, raw_parent)
 
 
 def extract_context(headers: Any) -> tuple[str | None, str | None]:
@@ -122,7 +147,11 @@ def extract_checked(headers: Any) -> tuple[str | None, str | None, bool]:
     if raw_parent is None:  # the common case: at most an X-Trace-ID
         if trace_header is None:
             return None, None, False
-        return trace_header, None, is_valid_trace_id(trace_header)
+        return trace_header, None, _VALID_ID.fullmatch(trace_header) is not None
+    return _checked(trace_header, raw_parent)
+
+
+def _checked(trace_header: str | None, raw_parent: str) -> tuple[str | None, str | None, bool]:
     traceparent = parse_traceparent(raw_parent)
     if trace_header is not None and is_valid_trace_id(trace_header):
         parent = traceparent[1] if traceparent and traceparent[0] == trace_header else None
