@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Context, copy_context
-from typing import Any, cast
+from typing import Any
 
 try:
-    from flask import Flask, Request, has_request_context, request
-    from werkzeug.routing import Rule
+    from flask import Flask
+    from flask.globals import _cv_request  # the request context variable (Flask >= 2.2)
 except ImportError as exc:
     raise ImportError("instrument.adapters.flask needs Flask: "
                       "pip install 'llm-instrument[flask]'") from exc
@@ -24,7 +24,7 @@ from instrument._context import TraceContext, _current, accept_trace_id, new_tra
 from instrument._exposition import make_wsgi_app
 from instrument._http import ServerRequest, current_request
 from instrument._metrics import gunicorn_child_exit  # the documented import path for gunicorn
-from instrument._propagation import extract_context, trace_headers
+from instrument._propagation import extract_wsgi, trace_headers
 
 __all__ = ["gunicorn_child_exit", "instrument_app"]
 
@@ -33,30 +33,6 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 _TRACE_HEADERS = frozenset({"x-trace-id", "traceparent"})
 _END: Any = object()
-
-
-class _RuleLabel:
-    """Set-only descriptor for ``Request.url_rule``: Flask writes it once, when routing matched,
-    and that write labels the request with the rule's template. With no ``__get__``, Flask's
-    many reads come straight from the instance dict, at no cost."""
-
-    def __set__(self, request: Request, rule: Rule | None) -> None:
-        request.__dict__["url_rule"] = rule
-        if rule is not None and (req := current_request.get()) is not None:
-            req.set_route(rule.rule)
-
-
-def _routed(base: type[Request]) -> type[Request]:
-    """``base`` whose ``url_rule`` write labels the request (no per-request hook to run: a
-    ``before_request`` or URL value preprocessor costs several context-local lookups)."""
-
-    def __init__(self: Request, *args: Any, **kwargs: Any) -> None:
-        self.__dict__["url_rule"] = None  # what the class attribute gave before
-        base.__init__(self, *args, **kwargs)
-
-    return cast("type[Request]", type(base.__name__, (base,), {
-        "url_rule": _RuleLabel(), "__init__": __init__, "__module__": base.__module__,
-        "__doc__": base.__doc__}))
 
 
 class _Response:
@@ -86,12 +62,13 @@ class _Response:
             headers = [h for h in headers if h[0].lower() not in _TRACE_HEADERS]
         try:
             if req.route is None:  # no rule matched (a 404/405): __unmatched__
-                rule = request.url_rule if has_request_context() else None
+                rule = ctx.request.url_rule if (ctx := _cv_request.get(None)) is not None else None
                 req.set_route(rule.rule if rule is not None else None)
             code = int(status[:3])
-            if req.status is None:  # else an error handler replaced a response not yet sent
+            if req.status is None:
                 req.response_started(code, content_type)
-            req.status = code
+            else:  # an error handler replaced a response not yet sent
+                req.status = code
         except Exception as err:
             _metrics.report_internal_error("flask_start_response", err)
         return self._start_response(status, headers + req.response_headers(), exc_info)
@@ -116,30 +93,35 @@ class _Response:
             return
         self._closed = True
         req = self._req
-        if not self._exhausted and req.error is None:
-            req.client_disconnected()
-        req.finish()
-        if hasattr(self._inner, "close"):  # call_on_close work: after the clock, in the trace
-            self._context.run(self._inner.close)
+        if not self._exhausted:  # else the body's end has recorded it
+            if req.error is None:
+                req.client_disconnected()
+            req.finish()
+        run = self._context.run
+        try:
+            if (close := getattr(self._inner, "close", None)) is not None:
+                run(close)  # call_on_close work: after the clock, in the trace
+        finally:
+            # Unbound, the context no longer holds the request, which holds its token, which
+            # holds the context: a cycle only the garbage collector would otherwise free.
+            run(req.exit)
 
     def __del__(self) -> None:  # never closed by the server: count it, leave contexts alone
         if not getattr(self, "_closed", True):
             self._req.finish()
 
 
-def _trace_headers_of(environ: Environ) -> list[tuple[str, str]]:
-    """The only two request headers the core reads, straight from the environ, as pairs."""
-    pairs = []
-    if (trace_id := environ.get("HTTP_X_TRACE_ID")) is not None:
-        pairs.append(("x-trace-id", trace_id))
-    if (traceparent := environ.get("HTTP_TRACEPARENT")) is not None:
-        pairs.append(("traceparent", traceparent))
-    return pairs
+def _serve(req: ServerRequest, app: WSGIApp, environ: Environ,
+           start_response: StartResponse) -> Iterable[bytes]:
+    """The app call, in the request's own context: the trace is bound there once, for the app
+    call, each body step and ``close()``, which unbinds it."""
+    req.enter()
+    return app(environ, start_response)
 
 
 def _untimed(environ: Environ, start_response: StartResponse, app: WSGIApp) -> Iterable[bytes]:
     """Serve unmeasured (no trace counted either); the trace ID still goes in and out."""
-    trace_id, parent = extract_context(_trace_headers_of(environ))
+    trace_id, parent, _valid = extract_wsgi(environ)
     token = _current.set(TraceContext(
         accept_trace_id(trace_id) if trace_id is not None else new_trace_id(), parent))
     try:
@@ -177,16 +159,16 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
         if current_request.get() is not None:  # inside another instrumented app: it measures
             return wsgi_app(environ, start_response)
         req = ServerRequest(environ.get("REQUEST_METHOD", "GET"),
-                            environ.get("SCRIPT_NAME", "") + path, _trace_headers_of(environ),
+                            environ.get("SCRIPT_NAME", "") + path, environ,
                             f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
-                            if access_log else None, access_log, metrics)
+                            if access_log else None, access_log, metrics, extract_wsgi)
         # The request's own context: the app call, each body step and close() run in it, so
         # the trace is bound there once and the server's context is never touched.
-        response = _Response(req, start_response, copy_context())
-        run = response._context.run
-        run(req.enter)
+        context = copy_context()
+        response = _Response(req, start_response, context)
         try:
-            response._inner = run(wsgi_app, environ, response.start_response)
+            response._inner = context.run(_serve, req, wsgi_app, environ,
+                                          response.start_response)
         except BaseException as err:  # PROPAGATE_EXCEPTIONS: the server makes the 500
             req.failed(err)
             response.close()
@@ -198,8 +180,17 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
             return flask_log_exception(exc_info)
         req.failed(exc_info[1])
 
-    flask_log_exception = app.log_exception
+    def preprocess_request() -> Any:
+        """Routing is done: a matched rule labels the request with its template, once per
+        request, before any ``before_request`` function runs (reading ``url_rule`` straight
+        from Flask's request context costs less than a proxy, a hook or a request subclass)."""
+        req, ctx = current_request.get(), _cv_request.get(None)
+        if req is not None and ctx is not None and (rule := ctx.request.url_rule) is not None:
+            req.set_route(rule.rule)
+        return flask_preprocess_request()
+
+    flask_log_exception, flask_preprocess_request = app.log_exception, app.preprocess_request
     app.wsgi_app = app.extensions["instrument"] = instrumented  # type: ignore[method-assign]
     app.log_exception = log_exception  # type: ignore[method-assign]
-    app.request_class = _routed(app.request_class)
+    app.preprocess_request = preprocess_request  # type: ignore[method-assign]
     return app

@@ -126,6 +126,17 @@ def extract_asgi(headers: Any) -> tuple[str | None, str | None, bool]:
     return _checked(trace_header, raw_parent)
 
 
+def extract_wsgi(environ: Any) -> tuple[str | None, str | None, bool]:
+    """``extract_checked`` for a WSGI environ (``HTTP_X_TRACE_ID``, ``HTTP_TRACEPARENT``)."""
+    trace_header = environ.get("HTTP_X_TRACE_ID")
+    raw_parent = environ.get("HTTP_TRACEPARENT")
+    if raw_parent is None:
+        if trace_header is None:
+            return None, None, False
+        return trace_header, None, _VALID_ID.fullmatch(trace_header) is not None
+    return _checked(trace_header, raw_parent)
+
+
 def extract_context(headers: Any) -> tuple[str | None, str | None]:
     """(trace_id, remote parent span ID) from incoming headers.
 
