@@ -128,8 +128,9 @@ class InstrumentMiddleware:
         self._metrics_paths = frozenset(
             (base, base + "/", base + "/health", base + "/summary") if metrics_path else ())
         excluded = list(exclude_paths)
-        self._excluded = frozenset(p for p in excluded if not p.endswith("*"))
         self._prefixes = tuple(p[:-1] for p in excluded if p.endswith("*"))
+        # served unmeasured: the metrics routes and the exact exclusions (one lookup)
+        self._unmeasured = self._metrics_paths | {p for p in excluded if not p.endswith("*")}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or ((ctx := _current.get()) is not None
@@ -138,12 +139,12 @@ class InstrumentMiddleware:
             return
         root, path = scope.get("root_path", ""), scope["path"]
         route_path = path[len(root):] if root and path.startswith(root) else path
-        if route_path in self._metrics_paths and self._metrics_app is not None:
-            await _untimed({**scope, "path": route_path}, receive, send, self._metrics_app)
-            return
-        if route_path in self._excluded or (
+        if route_path in self._unmeasured or (
                 self._prefixes and route_path.startswith(self._prefixes)):
-            await _untimed(scope, receive, send, self.app)
+            if route_path in self._metrics_paths and self._metrics_app is not None:
+                await _untimed({**scope, "path": route_path}, receive, send, self._metrics_app)
+            else:
+                await _untimed(scope, receive, send, self.app)
             return
         client = scope.get("client") if self.access_log else None
         observer = ServerRequest(scope["method"], path, scope.get("headers", ()),

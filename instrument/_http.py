@@ -216,32 +216,29 @@ class ServerRequest:
         self.finished = True
         elapsed = perf_counter() - self.start
         try:
-            self._record(elapsed)
+            series = self._series
+            started = series is not None  # counted in progress, so done() takes it out
+            if series is None:
+                route = self.route or UNMATCHED
+                series = self.metrics.served.series(self.method, route)
+            else:
+                route = self.route  # type: ignore[assignment]  # set with the series
+            status = self.status
+            if self.disconnected and (status is None or not self.sse):
+                status = CLIENT_CLOSED
+            elif status is None:
+                status = 500
+            failed = self.error is not None and not self.disconnected
+            series.done(self if started else None, status, None if self.sse else elapsed,
+                        self.trace_id)
+            if (status >= 500 and status != CLIENT_CLOSED) or failed:
+                self.metrics.http_errors.child(self.method, route, str(status)).inc()
+            if self._stream_start:
+                self._close_fallback_stream()
+            if failed or self.access_log:
+                self._log(route, status, elapsed, failed)
         except Exception as exc:
             _metrics.report_internal_error("http_request", exc)
-
-    def _record(self, elapsed: float) -> None:
-        series = self._series
-        started = series is not None  # counted in progress, so done() takes it out
-        if series is None:
-            route = self.route or UNMATCHED
-            series = self.metrics.served.series(self.method, route)
-        else:
-            route = self.route  # type: ignore[assignment]  # set with the series
-        status = self.status
-        if self.disconnected and (status is None or not self.sse):
-            status = CLIENT_CLOSED
-        elif status is None:
-            status = 500
-        failed = self.error is not None and not self.disconnected
-        series.done(self if started else None, status, None if self.sse else elapsed,
-                    self.trace_id)
-        if (status >= 500 and status != CLIENT_CLOSED) or failed:
-            self.metrics.http_errors.child(self.method, route, str(status)).inc()
-        if self._stream_start:
-            self._close_fallback_stream()
-        if failed or self.access_log:
-            self._log(route, status, elapsed, failed)
 
     def _log(self, route: str, status: int, elapsed: float, failed: bool) -> None:
         method, trace_id, span_id = self.method, self.trace_id, self.span_id

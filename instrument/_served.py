@@ -92,7 +92,6 @@ class RouteSeries:
         self.exemplars: list[Exemplar | None] = [None] * (len(_BOUNDS) + 1)
         self.refreshed = [-EXEMPLAR_INTERVAL] * (len(_BOUNDS) + 1)
         self.sum = 0.0
-        self.timed = False  # a duration was ever observed: the histogram is shown
         self.created = time.time()
         self._limit = status_limit
 
@@ -113,7 +112,6 @@ class RouteSeries:
                 statuses["other"] = statuses.get("other", 0) + 1
             if elapsed is None:
                 return
-            self.timed = True
             bucket = bisect_left(_BOUNDS, elapsed)
             self.buckets[bucket] += 1
             self.sum += elapsed
@@ -216,7 +214,7 @@ class ServedRequests:
         family = HistogramMetricFamily(name, spec.help, labels=spec.labels)
         created = _use_created()
         for s, _active, _statuses, buckets, exemplars, total in self._snapshot():
-            if not s.timed:
+            if not any(buckets):  # never timed (SSE only): no empty histogram
                 continue
             cumulative, running = [], 0
             for le, count, exemplar in zip(_LE, buckets, exemplars, strict=True):
