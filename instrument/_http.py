@@ -82,7 +82,11 @@ class ServerRequest:
         self.path = path
         self.client = client
         self.access_log = access_log
-        trace_id, parent, valid = extract(headers)
+        try:
+            trace_id, parent, valid = extract(headers)
+        except Exception as exc:  # headers not as the server's spec says: a fresh trace
+            _metrics.report_internal_error("trace_extract", exc)
+            trace_id, parent, valid = None, None, False
         w3c: bool | None = None  # whether trace_id is W3C-shaped, once known
         if trace_id is None:
             trace_id, w3c = new_trace_id(), True

@@ -15,6 +15,8 @@ from instrument import _metrics, _served, trace_span
 from instrument._catalog import HTTP_BUCKETS
 from instrument._http import ServerRequest
 
+pytestmark = pytest.mark.no_internal_errors
+
 
 def _samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
     text = generate_latest(registry).decode()
@@ -191,3 +193,13 @@ def test_a_scrape_during_traffic_is_consistent(registry: CollectorRegistry) -> N
 def test_the_same_policy_as_every_other_histogram() -> None:
     assert _served.EXEMPLAR_INTERVAL == _metrics.EXEMPLAR_INTERVAL
     assert _served.MAX_EXEMPLAR_ID == _metrics.MAX_EXEMPLAR_ID
+
+
+def test_headers_a_server_should_not_send_start_a_fresh_trace(
+        registry: CollectorRegistry, expect_internal_errors: None) -> None:
+    from instrument._propagation import extract_asgi
+
+    req = ServerRequest("GET", "/", [(b"x-trace-id", "str, not bytes")], access_log=False,
+                        extract=extract_asgi)
+    assert len(req.trace_id) == 32  # served, with a new W3C-shaped ID
+    assert _value(registry, "instrument_internal_errors_total", where="trace_extract") == 1
