@@ -56,7 +56,7 @@ def instrument_app(app: web.Application, *, metrics_path: str = "/metrics",
                                 headers={"Content-Type": out.content_type})
         resource = request.match_info.route.resource  # None for the router's 404/405
         route = None if resource is None else resource.canonical
-        if (current_request.get() is not None or request.path in excluded or route in excluded
+        if (current_request() is not None or request.path in excluded or route in excluded
                 or request.headers.get("Upgrade", "").lower() == "websocket"):
             return await handler(request)  # excluded, websocket, or observed by a parent app
         obs = _Request(request.method, request.path, request.headers, request.remote,
@@ -93,7 +93,7 @@ def _gone(request: web.BaseRequest) -> bool:
 
 async def _on_prepare(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """Trace headers out, status and content type in, the body's end hooked; once a request."""
-    obs = current_request.get()
+    obs = current_request()
     if not isinstance(obs, _Request) or obs.status is not None:
         return
     try:

@@ -156,7 +156,7 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
             return _untimed(environ, start_response, metrics_app)
         if path in exact or (prefixes and path.startswith(prefixes)):
             return _untimed(environ, start_response, wsgi_app)
-        if current_request.get() is not None:  # inside another instrumented app: it measures
+        if current_request() is not None:  # inside another instrumented app: it measures
             return wsgi_app(environ, start_response)
         req = ServerRequest(environ.get("REQUEST_METHOD", "GET"),
                             environ.get("SCRIPT_NAME", "") + path, environ,
@@ -176,7 +176,7 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
         return response
 
     def log_exception(exc_info: Any) -> None:  # logged once, as the request ends: not twice
-        if (req := current_request.get()) is None:
+        if (req := current_request()) is None:
             return flask_log_exception(exc_info)
         req.failed(exc_info[1])
 
@@ -184,7 +184,7 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
         """Routing is done: a matched rule labels the request with its template, once per
         request, before any ``before_request`` function runs (reading ``url_rule`` straight
         from Flask's request context costs less than a proxy, a hook or a request subclass)."""
-        req, ctx = current_request.get(), _cv_request.get(None)
+        req, ctx = current_request(), _cv_request.get(None)
         if req is not None and ctx is not None and (rule := ctx.request.url_rule) is not None:
             req.set_route(rule.rule)
         return flask_preprocess_request()

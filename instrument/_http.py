@@ -39,22 +39,11 @@ class StreamObserver(Protocol):
 Extract = Callable[[Any], tuple[str | None, str | None, bool]]
 
 
-class _CurrentRequest:
-    """``current_request.get()``: the request served in this context, from the trace context.
-
-    The request rides on the one trace context variable (``TraceContext.request``),
-    so serving a request sets a single context variable.
-    """
-
-    __slots__ = ()
-
-    @staticmethod
-    def get() -> ServerRequest | None:
-        ctx = _current.get()
-        return ctx.request if ctx is not None else None
-
-
-current_request = _CurrentRequest()
+def current_request() -> ServerRequest | None:
+    """The request served in this context: it rides on the one trace context variable
+    (``TraceContext.request``), so serving a request sets a single context variable."""
+    ctx = _current.get()
+    return ctx.request if ctx is not None else None
 _context = partial(tuple.__new__, TraceContext)  # no Python-level NamedTuple __new__
 
 
@@ -128,28 +117,27 @@ class ServerRequest:
             except ValueError:  # reset from another context: nothing left to restore
                 pass
 
-    def response_headers(self) -> list[tuple[str, str]]:
-        """``X-Trace-ID`` (and ``traceparent``) to add to the response."""
-        trace_id = self.trace_id
+    def _traceparent(self) -> str | None:
+        """The ``traceparent`` to send back, for a W3C-shaped trace ID (checked once)."""
         w3c = self._w3c
         if w3c is None:
-            w3c = self._w3c = is_w3c_trace_id(trace_id)
-        if w3c:
-            return [(TRACE_HEADER, trace_id),
-                    (TRACEPARENT, f"00-{trace_id}-{self.span_id or new_span_id()}-01")]
-        return [(TRACE_HEADER, trace_id)]
+            w3c = self._w3c = is_w3c_trace_id(self.trace_id)
+        return f"00-{self.trace_id}-{self.span_id or new_span_id()}-01" if w3c else None
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """``X-Trace-ID`` (and ``traceparent``) to add to the response."""
+        traceparent = self._traceparent()
+        if traceparent is None:
+            return [(TRACE_HEADER, self.trace_id)]
+        return [(TRACE_HEADER, self.trace_id), (TRACEPARENT, traceparent)]
 
     def raw_response_headers(self) -> list[tuple[bytes, bytes]]:
         """``response_headers`` as ASGI wants them: lower-case names, latin-1 bytes."""
         trace_id = self.trace_id.encode("latin-1")  # validated: ASCII
-        w3c = self._w3c
-        if w3c is None:
-            w3c = self._w3c = is_w3c_trace_id(self.trace_id)
-        if w3c:
-            span_id = self.span_id or new_span_id()
-            return [(b"x-trace-id", trace_id),
-                    (b"traceparent", b"00-%s-%s-01" % (trace_id, span_id.encode("latin-1")))]
-        return [(b"x-trace-id", trace_id)]
+        traceparent = self._traceparent()
+        if traceparent is None:
+            return [(b"x-trace-id", trace_id)]
+        return [(b"x-trace-id", trace_id), (b"traceparent", traceparent.encode("latin-1"))]
 
     # -- lifecycle ---------------------------------------------------------------
     def set_route(self, route: str | None) -> None:

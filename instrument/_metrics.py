@@ -82,19 +82,9 @@ class Family:
 
     def _bind(self, values: tuple[str, ...]) -> Any:
         with self._lock:
-            bounded = []
-            for i, raw in enumerate(values):
-                value = raw if isinstance(raw, str) else str(raw)
-                if len(value) > _MAX_LABEL_LENGTH:
-                    value = value[:_MAX_LABEL_LENGTH]
-                seen = self._seen[i]
-                if value not in seen:
-                    if len(seen) >= self._owner.max_label_values:
-                        self._owner.overflow(self.spec.name, self.spec.labels[i], value)
-                        value = OVERFLOW_VALUE
-                    else:
-                        seen.add(value)
-                bounded.append(value)
+            bound = self._owner.bound
+            bounded = [bound(self._seen[i], self.spec.name, self.spec.labels[i], raw)
+                       for i, raw in enumerate(values)]
             child = self._metric.labels(*bounded) if bounded else self._metric
             if self.spec.kind == "histogram":
                 child = BoundHistogram(child, self.spec.buckets, not self._owner.multiprocess)
@@ -281,6 +271,19 @@ class Metrics:
         for collector in self._registered:
             self.registry.unregister(collector)
         self._registered.clear()
+
+    def bound(self, seen: set[str], metric: str, label: str, raw: object) -> str:
+        """A label value as recorded: a string, cut to 128 characters, and ``other`` once
+        ``seen`` (the values this label already took, under the caller's lock) is full."""
+        value = raw if isinstance(raw, str) else str(raw)
+        if len(value) > _MAX_LABEL_LENGTH:
+            value = value[:_MAX_LABEL_LENGTH]
+        if value not in seen:
+            if len(seen) >= self.max_label_values:
+                self.overflow(metric, label, value)
+                return OVERFLOW_VALUE
+            seen.add(value)
+        return value
 
     def overflow(self, metric: str, label: str, value: str) -> None:
         """Count a label value folded into ``other``; warn once per (metric, label)."""

@@ -157,18 +157,8 @@ class ServedRequests:
     def _bind(self, method: str, route: str) -> Series:
         owner = self._owner
         with self._lock:
-            labels = []
-            for seen, label, raw in zip(self._seen, ("method", "route"), (method, route),
-                                        strict=True):
-                value = raw[:128]
-                if value not in seen:
-                    if len(seen) >= owner.max_label_values:
-                        owner.overflow("http_requests_total", label, value)
-                        value = "other"
-                    else:
-                        seen.add(value)
-                labels.append(value)
-            key = (labels[0], labels[1])
+            key = (owner.bound(self._seen[0], "http_requests_total", "method", method),
+                   owner.bound(self._seen[1], "http_requests_total", "route", route))
             found = self._bounded.get(key)
             if found is None:
                 found = self._bounded[key] = (

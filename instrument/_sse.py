@@ -72,7 +72,7 @@ class SSEStream(TracedObserver):
         self.disconnected = False
         metrics.sse_connections.child(endpoint).inc()
         metrics.sse_active.child(endpoint).inc()
-        request = current_request.get()
+        request = current_request()
         if request is not None:
             request.attach_stream(self)
 

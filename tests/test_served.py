@@ -8,26 +8,27 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
-from prometheus_client.parser import text_string_to_metric_families
 
 import instrument
 from instrument import _metrics, _served, trace_span
 from instrument._catalog import HTTP_BUCKETS
 from instrument._http import ServerRequest
+from tests.helpers import Scrape
 
 pytestmark = pytest.mark.no_internal_errors
 
 
 def _samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
-    text = generate_latest(registry).decode()
-    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text)
-            for s in f.samples]
+    return [(x.name, x.labels, x.value) for x in _scrape(registry).samples]
+
+
+def _scrape(registry: CollectorRegistry) -> Scrape:
+    """The registry as ``/metrics`` shows it, parsed."""
+    return Scrape(generate_latest(registry).decode())
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
-    found = [v for n, lab, v in _samples(registry) if n == name
-             and all(lab.get(k) == val for k, val in labels.items())]
-    return sum(found) if found else None
+    return _scrape(registry).value(name, **labels)
 
 
 def _serve(method: str, route: str | None, status: int, seconds: float = 0.0,
