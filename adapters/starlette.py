@@ -21,7 +21,13 @@ except ImportError as exc:  # pragma: no cover - tested with sys.modules patched
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
+from instrument._context import (
+    TraceContext,
+    _current,
+    accept_trace_id,
+    make_context,
+    new_trace_id,
+)
 from instrument._exposition import make_asgi_app
 from instrument._http import ServerRequest
 from instrument._propagation import extract_asgi, extract_context, trace_headers
@@ -190,7 +196,8 @@ class InstrumentMiddleware:
                 if (observer.status or 500) < 500:
                     observer.finish()
 
-        token = _current.set(observer.trace)  # reset below, in this same task
+        # the request's trace, reset below in this same task
+        token = _current.set(make_context((observer.trace_id, observer.span_id, None, observer)))
         try:
             await self.app(scope, receive_observed, send_observed)
         except BaseException as exc:

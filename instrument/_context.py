@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 from contextvars import ContextVar
+from functools import partial
 from typing import Any, NamedTuple
 
 from loguru import logger
@@ -28,6 +29,10 @@ class TraceContext(NamedTuple):
     span_id: str | None
     usage: Any = None
     request: Any = None
+
+
+#: a ``TraceContext`` from a 4-tuple, without NamedTuple's Python-level ``__new__`` (hot paths)
+make_context = partial(tuple.__new__, TraceContext)
 
 
 _current: ContextVar[TraceContext | None] = ContextVar("instrument_trace", default=None)

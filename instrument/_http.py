@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import Token
-from functools import partial
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -20,11 +19,11 @@ from instrument._context import (
     _current,
     accept_trace_id,
     is_w3c_trace_id,
+    make_context,
     new_span_id,
     new_trace_id,
 )
 from instrument._propagation import TRACE_HEADER, TRACEPARENT, extract_checked, trace_headers
-from instrument._served import Series
 
 UNMATCHED = "__unmatched__"
 CLIENT_CLOSED = 499
@@ -44,7 +43,6 @@ def current_request() -> ServerRequest | None:
     (``TraceContext.request``), so serving a request sets a single context variable."""
     ctx = _current.get()
     return ctx.request if ctx is not None else None
-_context = partial(tuple.__new__, TraceContext)  # no Python-level NamedTuple __new__
 
 
 class ServerRequest:
@@ -56,7 +54,7 @@ class ServerRequest:
     ``exit()``. ``finish`` is idempotent.
     """
 
-    __slots__ = ("_series", "_stream_start", "_token", "_w3c", "access_log", "bytes_sent",
+    __slots__ = ("_stream_start", "_token", "_w3c", "access_log", "bytes_sent",
                  "client", "disconnected", "error", "finished", "method", "metrics", "path",
                  "route", "span_id", "sse", "sse_events", "start", "status", "streams",
                  "trace_id")
@@ -66,7 +64,7 @@ class ServerRequest:
                  extract: Extract = extract_checked) -> None:
         """``extract`` reads the trace from ``headers``: ``extract_asgi`` for ASGI's."""
         self.start = perf_counter()
-        self.metrics = metrics or _metrics.current()
+        self.metrics = metrics or _metrics._current_metrics or _metrics.current()
         self.method = method
         self.path = path
         self.client = client
@@ -76,14 +74,15 @@ class ServerRequest:
         except Exception as exc:  # headers not as the server's spec says: a fresh trace
             _metrics.report_internal_error("trace_extract", exc)
             trace_id, parent, valid = None, None, False
-        w3c: bool | None = None  # whether trace_id is W3C-shaped, once known
         if trace_id is None:
             trace_id, w3c = new_trace_id(), True
-        elif not valid:
-            trace_id = accept_trace_id(trace_id)
+        else:
+            if not valid:
+                trace_id = accept_trace_id(trace_id)
+            w3c = len(trace_id) == 32 and is_w3c_trace_id(trace_id)  # a length test, mostly
         self.trace_id = trace_id
         self.span_id = parent  # the remote parent span, if the caller sent one
-        self._w3c = w3c
+        self._w3c = w3c  # whether a traceparent goes back
         # no trace counted here: the request's series counts it as it ends
         self.route: str | None = None
         self.status: int | None = None
@@ -94,19 +93,18 @@ class ServerRequest:
         self.disconnected = False
         self.error: BaseException | None = None
         self.finished = False
-        self._series: Series | None = None  # set once counted in progress
         self._stream_start = 0.0  # > 0 once an SSE response is measured here
         self._token: Token[TraceContext | None] | None = None
 
     @property
     def trace(self) -> TraceContext:
         """This request's trace context (what ``enter`` makes current)."""
-        return _context((self.trace_id, self.span_id, None, self))
+        return make_context((self.trace_id, self.span_id, None, self))
 
     # -- context ---------------------------------------------------------------
     def enter(self) -> None:
         """Make this request's trace current (undo with ``exit`` in the same context)."""
-        self._token = _current.set(_context((self.trace_id, self.span_id, None, self)))
+        self._token = _current.set(make_context((self.trace_id, self.span_id, None, self)))
 
     def exit(self) -> None:
         token = self._token
@@ -117,27 +115,22 @@ class ServerRequest:
             except ValueError:  # reset from another context: nothing left to restore
                 pass
 
-    def _traceparent(self) -> str | None:
-        """The ``traceparent`` to send back, for a W3C-shaped trace ID (checked once)."""
-        w3c = self._w3c
-        if w3c is None:
-            w3c = self._w3c = is_w3c_trace_id(self.trace_id)
-        return f"00-{self.trace_id}-{self.span_id or new_span_id()}-01" if w3c else None
+    def _traceparent(self) -> str:
+        """The ``traceparent`` to send back (for a W3C-shaped trace ID)."""
+        return f"00-{self.trace_id}-{self.span_id or new_span_id()}-01"
 
     def response_headers(self) -> list[tuple[str, str]]:
         """``X-Trace-ID`` (and ``traceparent``) to add to the response."""
-        traceparent = self._traceparent()
-        if traceparent is None:
+        if not self._w3c:
             return [(TRACE_HEADER, self.trace_id)]
-        return [(TRACE_HEADER, self.trace_id), (TRACEPARENT, traceparent)]
+        return [(TRACE_HEADER, self.trace_id), (TRACEPARENT, self._traceparent())]
 
     def raw_response_headers(self) -> list[tuple[bytes, bytes]]:
         """``response_headers`` as ASGI wants them: lower-case names, latin-1 bytes."""
         trace_id = self.trace_id.encode("latin-1")  # validated: ASCII
-        traceparent = self._traceparent()
-        if traceparent is None:
+        if not self._w3c:
             return [(b"x-trace-id", trace_id)]
-        return [(b"x-trace-id", trace_id), (b"traceparent", traceparent.encode("latin-1"))]
+        return [(b"x-trace-id", trace_id), (b"traceparent", self._traceparent().encode("latin-1"))]
 
     # -- lifecycle ---------------------------------------------------------------
     def set_route(self, route: str | None) -> None:
@@ -145,9 +138,7 @@ class ServerRequest:
         if self.route is None:
             self.route = route or UNMATCHED
             try:
-                series = self.metrics.served.series(self.method, self.route)
-                series.start(self)
-                self._series = series  # counted in progress: done() undoes it
+                self.metrics.served.active.add(self)  # finish() takes it out
             except Exception as exc:
                 _metrics.report_internal_error("http_in_progress", exc)
 
@@ -208,21 +199,17 @@ class ServerRequest:
         self.finished = True
         elapsed = perf_counter() - self.start
         try:
-            series = self._series
-            started = series is not None  # counted in progress, so done() takes it out
-            if series is None:
-                route = self.route or UNMATCHED
-                series = self.metrics.served.series(self.method, route)
-            else:
-                route = self.route  # type: ignore[assignment]  # set with the series
+            served = self.metrics.served
+            served.active.discard(self)  # if it was in progress
+            route = self.route or UNMATCHED
+            series = served.known.get((self.method, route)) or served.series(self.method, route)
             status = self.status
             if self.disconnected and (status is None or not self.sse):
                 status = CLIENT_CLOSED
             elif status is None:
                 status = 500
             failed = self.error is not None and not self.disconnected
-            series.done(self if started else None, status, None if self.sse else elapsed,
-                        self.trace_id)
+            series.done(status, None if self.sse else elapsed, self.trace_id)
             if (status >= 500 and status != CLIENT_CLOSED) or failed:
                 self.metrics.http_errors.child(self.method, route, str(status)).inc()
             if self._stream_start:

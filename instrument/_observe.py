@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
 from time import perf_counter
 from typing import Any
 
 from loguru import logger
 
 from instrument import _metrics
-from instrument._context import TraceContext, _current, new_span_id, new_trace_id
+from instrument._context import _current, make_context, new_span_id, new_trace_id
 from instrument._engine import Observer
-
-# A TraceContext straight from a tuple: NamedTuple's generated __new__ is a Python-level
-# call, and this runs once per decorated call.
-_context = partial(tuple.__new__, TraceContext)
 
 
 class TracedObserver(Observer):
@@ -33,10 +28,10 @@ class TracedObserver(Observer):
         ctx = _current.get()
         if ctx is None:
             metrics.traces.inc()
-            self.trace = _context((new_trace_id(), new_span_id(), usage, None))
+            self.trace = make_context((new_trace_id(), new_span_id(), usage, None))
             self.parent_span_id: str | None = None
         else:
-            self.trace = _context((ctx.trace_id, new_span_id(), usage or ctx.usage,
+            self.trace = make_context((ctx.trace_id, new_span_id(), usage or ctx.usage,
                                    ctx.request))
             self.parent_span_id = ctx.span_id
 

@@ -1,24 +1,24 @@
-"""Served-request metrics: one record per (method, route), two lock holds per request.
+"""Served-request metrics: one record per (method, route), one lock hold per request.
 
 A served request is the toolkit's hottest path. Through prometheus-client's
 children it would take a lock five times (trace counter, in-progress up and
-down, the status counter, the duration histogram). Here a request holds its
-series' lock twice, ``start`` and ``done``, and the numbers become Prometheus
+down, the status counter, the duration histogram). Here a request joins its
+series' in-progress set (``set.add`` is atomic: no lock), leaves it as it ends,
+and holds the series' lock once, in ``done``. The numbers become Prometheus
 families only when scraped, by collectors registered under the catalog's
 names (``http_requests_total``, ``http_requests_in_progress``,
 ``http_request_duration_seconds``, ``trace_requests_total``).
 
 Multiprocess mode cannot use them (every worker's values must live in
-prometheus-client's shared files): ``ChildSeries`` offers the same two calls
-over ordinary children there.
-"""
+prometheus-client's shared files): ``ChildSeries`` offers the same interface
+over ordinary children there."""
 
 from __future__ import annotations
 
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,19 +49,23 @@ _SERIES_CACHE_LIMIT = 4096
 
 
 class Series(Protocol):
-    """What a served request records into: ``start`` once in progress, ``done`` once ended.
+    """What a served request records into, once it has ended."""
 
-    ``request`` is the request ``start`` was given, or None if it never started.
-    """
+    def done(self, status: int, elapsed: float | None, trace_id: str | None) -> None: ...
 
-    def start(self, request: object) -> None: ...
 
-    def done(self, request: object, status: int, elapsed: float | None,
-             trace_id: str | None) -> None: ...
+class InProgress(Protocol):
+    """The routed requests in progress: a set, or (multiprocess) shared gauges."""
+
+    def add(self, request: Any, /) -> None: ...
+
+    def discard(self, request: Any, /) -> None: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class RouteSeries:
-    """One (method, route): in progress, requests per status, the duration histogram.
+    """One (method, route): requests per status and the duration histogram.
 
     ``done`` with ``elapsed=None`` counts the request without a duration (an SSE
     response, measured by the ``sse_*`` family instead).
@@ -69,7 +73,6 @@ class RouteSeries:
 
     __slots__ = (
         "_limit",
-        "active",
         "buckets",
         "created",
         "exemplars",
@@ -85,8 +88,6 @@ class RouteSeries:
     def __init__(self, method: str, route: str, status_limit: int) -> None:
         self.method, self.route = method, route
         self.lock = threading.Lock()
-        # the requests in progress: set.add and set.discard are atomic, so no lock to start
-        self.active: set[object] = set()
         self.statuses: dict[int | str, int] = {}
         self.buckets = [0] * (len(_BOUNDS) + 1)  # per bucket, not cumulative; +Inf last
         self.exemplars: list[Exemplar | None] = [None] * (len(_BOUNDS) + 1)
@@ -95,12 +96,7 @@ class RouteSeries:
         self.created = time.time()
         self._limit = status_limit
 
-    def start(self, request: object) -> None:
-        self.active.add(request)
-
-    def done(self, request: object, status: int, elapsed: float | None,
-             trace_id: str | None) -> None:
-        self.active.discard(request)
+    def done(self, status: int, elapsed: float | None, trace_id: str | None) -> None:
         with self.lock:
             statuses = self.statuses
             count = statuses.get(status)
@@ -143,13 +139,18 @@ class ServedRequests:
     def __init__(self, owner: Metrics, traces: TraceCount | None = None) -> None:
         self._owner = owner
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, str], Series] = {}  # as asked -> series
+        #: (method, route) as asked -> series; read it first, ``series()`` fills it
+        self.known: dict[tuple[str, str], Series] = {}
         self._bounded: dict[tuple[str, str], Series] = {}  # label values -> series
         self._seen: tuple[set[str], set[str]] = (set(), set())
         self.traces = traces  # None in multiprocess mode (a child counts them there)
+        #: the routed requests in progress (``add`` once routed, ``discard`` as they end):
+        #: one set for every route, grouped when scraped. ``set.add`` and ``set.discard``
+        #: are atomic, so starting a request takes no lock and looks nothing up.
+        self.active: InProgress = set() if traces is not None else _SharedInProgress(self)
 
     def series(self, method: str, route: str) -> Series:
-        found = self._series.get((method, route))
+        found = self.known.get((method, route))
         if found is None:
             found = self._bind(method, route)
         return found
@@ -164,8 +165,8 @@ class ServedRequests:
                 found = self._bounded[key] = (
                     ChildSeries(owner, *key) if self.traces is None
                     else RouteSeries(*key, owner.max_label_values))
-            if len(self._series) < _SERIES_CACHE_LIMIT:
-                self._series[(method, route)] = found
+            if len(self.known) < _SERIES_CACHE_LIMIT:
+                self.known[(method, route)] = found
             return found
 
     def collectors(self, prefix: str) -> dict[str, Collector]:
@@ -174,21 +175,30 @@ class ServedRequests:
                 for name in NAMES}
 
     # -- scrape time --------------------------------------------------------------------
-    def _snapshot(self) -> list[tuple[RouteSeries, int, dict[int | str, int], list[int],
+    def _snapshot(self) -> list[tuple[RouteSeries, dict[int | str, int], list[int],
                                       list[Exemplar | None], float]]:
         with self._lock:
             all_series = [s for s in self._bounded.values() if isinstance(s, RouteSeries)]
         out = []
         for s in all_series:
             with s.lock:
-                out.append((s, len(s.active), dict(s.statuses), list(s.buckets), list(s.exemplars),
-                            s.sum))
+                out.append((s, dict(s.statuses), list(s.buckets), list(s.exemplars), s.sum))
         return out
+
+    def _in_progress(self) -> dict[Series, int]:
+        """The requests in progress, per series (a series exists for each from here on)."""
+        counts: dict[Series, int] = {}
+        for request in list(self.active):  # copied in one step: no request runs meanwhile
+            route = getattr(request, "route", None)
+            if route is not None:
+                series = self.series(request.method, route)
+                counts[series] = counts.get(series, 0) + 1
+        return counts
 
     def _http_requests_total(self, name: str, spec: MetricSpec) -> Metric:
         family = CounterMetricFamily(name, spec.help, labels=spec.labels)
         created = _use_created()
-        for s, _active, statuses, _b, _e, _sum in self._snapshot():
+        for s, statuses, _b, _e, _sum in self._snapshot():
             for status, count in sorted(statuses.items(), key=lambda kv: str(kv[0])):
                 family.add_metric([s.method, s.route, str(status)], count,
                                   created=s.created if created else None)
@@ -196,14 +206,15 @@ class ServedRequests:
 
     def _http_requests_in_progress(self, name: str, spec: MetricSpec) -> Metric:
         family = GaugeMetricFamily(name, spec.help, labels=spec.labels)
-        for s, active, *_rest in self._snapshot():
-            family.add_metric([s.method, s.route], active)
+        counts = self._in_progress()
+        for s, *_rest in self._snapshot():
+            family.add_metric([s.method, s.route], counts.get(s, 0))
         return family
 
     def _http_request_duration_seconds(self, name: str, spec: MetricSpec) -> Metric:
         family = HistogramMetricFamily(name, spec.help, labels=spec.labels)
         created = _use_created()
-        for s, _active, _statuses, buckets, exemplars, total in self._snapshot():
+        for s, _statuses, buckets, exemplars, total in self._snapshot():
             if not any(buckets):  # never timed (SSE only): no empty histogram
                 continue
             cumulative, running = [], 0
@@ -218,7 +229,7 @@ class ServedRequests:
         return family
 
     def _trace_requests_total(self, name: str, spec: MetricSpec) -> Metric:
-        served = sum(sum(row[2].values()) for row in self._snapshot())
+        served = sum(sum(row[1].values()) for row in self._snapshot())
         own = self.traces.value if self.traces is not None else 0.0
         family = CounterMetricFamily(name, spec.help, labels=())
         family.add_metric([], own + served,
@@ -251,26 +262,44 @@ class _View(Collector):
 
 
 class ChildSeries:
-    """Multiprocess mode: the same two calls over prometheus-client children."""
+    """Multiprocess mode: the same calls over prometheus-client children."""
 
-    __slots__ = ("_duration", "_in_progress", "_m", "_method", "_route")
+    __slots__ = ("_duration", "_m", "_method", "_route", "in_progress")
 
     def __init__(self, m: Metrics, method: str, route: str) -> None:
         self._m, self._method, self._route = m, method, route
-        self._in_progress = m.http_in_progress.child(method, route)
+        self.in_progress = m.http_in_progress.child(method, route)
         self._duration: Any = None  # bound on first use: an SSE-only route shows none
 
-    def start(self, request: object) -> None:
-        self._in_progress.inc()
-
-    def done(self, request: object, status: int, elapsed: float | None,
-             trace_id: str | None) -> None:
+    def done(self, status: int, elapsed: float | None, trace_id: str | None) -> None:
         m = self._m
-        if request is not None:
-            self._in_progress.dec()
         m.http_requests.child(self._method, self._route, str(status)).inc()
         m.traces.inc()
         if elapsed is not None:
             if self._duration is None:
                 self._duration = m.http_duration.child(self._method, self._route)
             self._duration.observe_trace(elapsed, trace_id)
+
+
+class _SharedInProgress:
+    """Multiprocess mode's in-progress set: each request moves its series' shared gauge."""
+
+    __slots__ = ("_counted", "_served")
+
+    def __init__(self, served: ServedRequests) -> None:
+        self._served = served
+        self._counted: dict[Any, ChildSeries] = {}  # request -> the series it raised
+
+    def add(self, request: Any, /) -> None:
+        series = self._served.series(request.method, request.route)
+        if isinstance(series, ChildSeries) and request not in self._counted:
+            series.in_progress.inc()
+            self._counted[request] = series
+
+    def discard(self, request: Any, /) -> None:
+        series = self._counted.pop(request, None)
+        if series is not None:
+            series.in_progress.dec()
+
+    def __iter__(self) -> Iterator[Any]:  # not scraped from here: the gauges are shared
+        return iter(())
