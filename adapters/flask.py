@@ -20,7 +20,13 @@ except ImportError as exc:
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import TraceContext, _current, accept_trace_id, new_trace_id
+from instrument._context import (
+    TraceContext,
+    _current,
+    accept_trace_id,
+    make_context,
+    new_trace_id,
+)
 from instrument._exposition import make_wsgi_app
 from instrument._http import ServerRequest, current_request
 from instrument._metrics import gunicorn_child_exit  # the documented import path for gunicorn
@@ -53,10 +59,14 @@ class _Response:
         req = self._req
         content_type, ours = None, False
         for name, value in headers:
-            lname = name.lower()
-            if lname == "content-type":
+            if name == "Content-Type":  # Werkzeug's spelling: no lower()
                 content_type = value
-            elif lname in _TRACE_HEADERS:
+                continue
+            size = len(name)
+            if size == 12:
+                if name.lower() == "content-type":
+                    content_type = value
+            elif (size == 10 or size == 11) and name.lower() in _TRACE_HEADERS:
                 ours = True
         if ours:  # the app set them itself: the request's trace wins, never two values
             headers = [h for h in headers if h[0].lower() not in _TRACE_HEADERS]
@@ -79,7 +89,10 @@ class _Response:
         req, it, run = self._req, iter(self._inner), self._context.run
         try:
             while (chunk := run(next, it, _END)) is not _END:
-                req.body_sent(chunk)
+                if req.sse:
+                    req.body_sent(chunk)
+                else:
+                    req.bytes_sent += len(chunk)
                 yield chunk
         except Exception as err:  # the app's body failed: its error, not the client's
             req.failed(err)
@@ -97,26 +110,12 @@ class _Response:
             if req.error is None:
                 req.client_disconnected()
             req.finish()
-        run = self._context.run
-        try:
-            if (close := getattr(self._inner, "close", None)) is not None:
-                run(close)  # call_on_close work: after the clock, in the trace
-        finally:
-            # Unbound, the context no longer holds the request, which holds its token, which
-            # holds the context: a cycle only the garbage collector would otherwise free.
-            run(req.exit)
+        if (close := getattr(self._inner, "close", None)) is not None:
+            self._context.run(close)  # call_on_close work: after the clock, in the trace
 
     def __del__(self) -> None:  # never closed by the server: count it, leave contexts alone
         if not getattr(self, "_closed", True):
             self._req.finish()
-
-
-def _serve(req: ServerRequest, app: WSGIApp, environ: Environ,
-           start_response: StartResponse) -> Iterable[bytes]:
-    """The app call, in the request's own context: the trace is bound there once, for the app
-    call, each body step and ``close()``, which unbinds it."""
-    req.enter()
-    return app(environ, start_response)
 
 
 def _untimed(environ: Environ, start_response: StartResponse, app: WSGIApp) -> Iterable[bytes]:
@@ -156,19 +155,20 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
             return _untimed(environ, start_response, metrics_app)
         if path in exact or (prefixes and path.startswith(prefixes)):
             return _untimed(environ, start_response, wsgi_app)
-        if current_request() is not None:  # inside another instrumented app: it measures
-            return wsgi_app(environ, start_response)
+        if (ctx := _current.get()) is not None and ctx.request is not None:
+            return wsgi_app(environ, start_response)  # inside another instrumented app
         req = ServerRequest(environ.get("REQUEST_METHOD", "GET"),
                             environ.get("SCRIPT_NAME", "") + path, environ,
                             f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
                             if access_log else None, access_log, metrics, extract_wsgi)
         # The request's own context: the app call, each body step and close() run in it, so
-        # the trace is bound there once and the server's context is never touched.
+        # the trace is bound there once (never reset: the context is dropped with the
+        # response) and the server's context is never touched.
         context = copy_context()
+        context.run(_current.set, make_context((req.trace_id, req.span_id, None, req)))
         response = _Response(req, start_response, context)
         try:
-            response._inner = context.run(_serve, req, wsgi_app, environ,
-                                          response.start_response)
+            response._inner = context.run(wsgi_app, environ, response.start_response)
         except BaseException as err:  # PROPAGATE_EXCEPTIONS: the server makes the 500
             req.failed(err)
             response.close()
@@ -184,8 +184,9 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
         """Routing is done: a matched rule labels the request with its template, once per
         request, before any ``before_request`` function runs (reading ``url_rule`` straight
         from Flask's request context costs less than a proxy, a hook or a request subclass)."""
-        req, ctx = current_request(), _cv_request.get(None)
-        if req is not None and ctx is not None and (rule := ctx.request.url_rule) is not None:
+        if ((trace := _current.get()) is not None and (req := trace.request) is not None
+                and (ctx := _cv_request.get(None)) is not None
+                and (rule := ctx.request.url_rule) is not None):
             req.set_route(rule.rule)
         return flask_preprocess_request()
 

@@ -43,12 +43,16 @@ _SSE = "text/event-stream"
 def _add_headers(message: Message, trace: list[tuple[bytes, bytes]]) -> bool:
     """Put the trace headers on a response start (replacing the app's); True for an SSE body.
 
-    Names are compared case-insensitively, but only lower-cased when their length matches.
+    Names are compared case-insensitively (not every app lower-cases them), but only
+    lower-cased when their length could match.
     """
     sse = False
     clash = False
     headers = message.get("headers", ())
     for name, value in headers:
+        if name == b"content-type":  # the usual spelling: no lower()
+            sse = value.startswith(b"text/event-stream")
+            continue
         size = len(name)
         if size == 12:
             if name.lower() == b"content-type":

@@ -197,7 +197,8 @@ class ServerRequest:
         if self.finished:
             return
         self.finished = True
-        elapsed = perf_counter() - self.start
+        end = perf_counter()
+        elapsed = end - self.start
         try:
             served = self.metrics.served
             served.active.discard(self)  # if it was in progress
@@ -209,7 +210,7 @@ class ServerRequest:
             elif status is None:
                 status = 500
             failed = self.error is not None and not self.disconnected
-            series.done(status, None if self.sse else elapsed, self.trace_id)
+            series.done(status, None if self.sse else elapsed, self.trace_id, end)
             if (status >= 500 and status != CLIENT_CLOSED) or failed:
                 self.metrics.http_errors.child(self.method, route, str(status)).inc()
             if self._stream_start:

@@ -19,7 +19,6 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import metrics as _client_metrics
@@ -51,7 +50,8 @@ _SERIES_CACHE_LIMIT = 4096
 class Series(Protocol):
     """What a served request records into, once it has ended."""
 
-    def done(self, status: int, elapsed: float | None, trace_id: str | None) -> None: ...
+    def done(self, status: int, elapsed: float | None, trace_id: str | None,
+             now: float) -> None: ...
 
 
 class InProgress(Protocol):
@@ -96,7 +96,9 @@ class RouteSeries:
         self.created = time.time()
         self._limit = status_limit
 
-    def done(self, status: int, elapsed: float | None, trace_id: str | None) -> None:
+    def done(self, status: int, elapsed: float | None, trace_id: str | None,
+             now: float) -> None:
+        """Count one ended request; ``now`` is its end, a ``perf_counter()`` reading."""
         with self.lock:
             statuses = self.statuses
             count = statuses.get(status)
@@ -111,12 +113,11 @@ class RouteSeries:
             bucket = bisect_left(_BOUNDS, elapsed)
             self.buckets[bucket] += 1
             self.sum += elapsed
-            if trace_id is not None and len(trace_id) <= MAX_EXEMPLAR_ID:
-                now = monotonic()
-                if now - self.refreshed[bucket] >= EXEMPLAR_INTERVAL:
-                    self.refreshed[bucket] = now
-                    self.exemplars[bucket] = Exemplar({"trace_id": trace_id}, elapsed,
-                                                      time.time())
+            if (now - self.refreshed[bucket] >= EXEMPLAR_INTERVAL and trace_id is not None
+                    and len(trace_id) <= MAX_EXEMPLAR_ID):
+                self.refreshed[bucket] = now
+                self.exemplars[bucket] = Exemplar({"trace_id": trace_id}, elapsed,
+                                                  time.time())
 
 
 class TraceCount:
@@ -271,7 +272,8 @@ class ChildSeries:
         self.in_progress = m.http_in_progress.child(method, route)
         self._duration: Any = None  # bound on first use: an SSE-only route shows none
 
-    def done(self, status: int, elapsed: float | None, trace_id: str | None) -> None:
+    def done(self, status: int, elapsed: float | None, trace_id: str | None,
+             now: float) -> None:
         m = self._m
         m.http_requests.child(self._method, self._route, str(status)).inc()
         m.traces.inc()

@@ -85,7 +85,7 @@ def test_a_name_already_taken_in_the_registry_is_a_counted_clash_not_a_crash(
     m = instrument.configure(registry=shared)  # must not raise "Duplicated timeseries"
     with trace_span("still measured"):
         pass
-    m.served.series("GET", "/chat").done(200, 0.01, None)  # kept, unexposed
+    m.served.series("GET", "/chat").done(200, 0.01, None, 0.0)  # kept, unexposed
     assert m.clashes == ["http_requests_total"]
     assert value(shared, "span_duration_seconds_count", span="still measured") == 1
     assert value(shared, "http_requests_total", handler="/x") == 1
@@ -154,7 +154,7 @@ def test_each_label_of_a_metric_is_bounded_on_its_own(registry: CollectorRegistr
 def test_label_values_are_strings_and_cut_to_a_bounded_length(
         registry: CollectorRegistry) -> None:
     m = _metrics.current()
-    m.served.series("GET", "/x" * 200).done(200, 0.01, None)
+    m.served.series("GET", "/x" * 200).done(200, 0.01, None, 0.0)
     (labels,) = [s.labels for f in registry.collect() if f.name == "http_requests"
                  for s in f.samples if s.name == "http_requests_total"]
     assert labels["status"] == "200"

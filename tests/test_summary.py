@@ -64,10 +64,10 @@ def populated(registry: CollectorRegistry) -> _metrics.Metrics:
     # (each served request is also a trace: 15 here)
     chat = m.served.series("GET", "/chat")
     for i, seconds in enumerate([0.02] * 5 + [0.2] * 5):
-        chat.done(503 if i in (4, 9) else 200, seconds, None)
+        chat.done(503 if i in (4, 9) else 200, seconds, None, 0.0)
     embed = m.served.series("POST", "/embed")
     for _ in range(5):
-        embed.done(200, None, None)  # counted, not timed (like an SSE response)
+        embed.done(200, None, None, 0.0)  # counted, not timed (like an SSE response)
     # provider: 4 calls, one failed; durations 1.5 s x3 and 3 s x1
     m.provider_requests.child("openai", "gpt-4o", "ok").inc(3)
     m.provider_requests.child("openai", "gpt-4o", "error").inc(1)
