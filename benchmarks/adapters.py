@@ -3,8 +3,9 @@
 FastAPI apps are driven in-process through the ASGI callable, Flask apps
 through the WSGI callable, so the figures are the middleware's own cost (no
 sockets, no server). For each framework: a bare app, ours with access logs
-off, ours with access logs on (into a null sink), and the alternative
-(prometheus-fastapi-instrumentator / prometheus-flask-exporter). Rounds
+off, ours with access logs on (into a null sink), the alternative
+(prometheus-fastapi-instrumentator / prometheus-flask-exporter), and the floor:
+the least any such middleware must do per request (``benchmarks/floor.py``). Rounds
 alternate between the apps; medians are reported, and the ratio of what we
 add to what the alternative adds.
 """
@@ -22,6 +23,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 import instrument
+from benchmarks import floor
 
 
 def _null_logging(on: bool) -> None:
@@ -77,7 +79,9 @@ def bench_fastapi(n: int, rounds: int) -> dict[str, float]:
     ours_log = instrument_app(_fastapi_app(), access_log=True)
     theirs = _fastapi_app()
     Instrumentator(registry=CollectorRegistry()).instrument(theirs)
-    apps = {"bare": bare, "ours": ours, "ours_access_log": ours_log, "instrumentator": theirs}
+    least = floor.starlette(_fastapi_app(), floor.Counts())
+    apps = {"bare": bare, "ours": ours, "ours_access_log": ours_log, "instrumentator": theirs,
+            "floor": least}
     return _measure({k: _asgi_runner(v) for k, v in apps.items()}, n, rounds, asyncio_=True,
                     alternative="instrumentator")
 
@@ -132,7 +136,9 @@ def bench_flask(n: int, rounds: int) -> dict[str, float]:
     instrument_app(ours_log, access_log=True)
     theirs = _flask_app()
     PrometheusMetrics(theirs, registry=CollectorRegistry())
-    apps = {"bare": bare, "ours": ours, "ours_access_log": ours_log, "exporter": theirs}
+    least = floor.flask(_flask_app(), floor.Counts())
+    apps = {"bare": bare, "ours": ours, "ours_access_log": ours_log, "exporter": theirs,
+            "floor": least}
     return _measure({k: _wsgi_runner(v) for k, v in apps.items()}, n, rounds, asyncio_=False,
                     alternative="exporter")
 
@@ -165,6 +171,7 @@ def _measure(runners: dict[str, Callable[[int], Any]], n: int, rounds: int, *, a
         if name != "bare":
             out[f"{name}_added_us"] = med[name] - bare
     out["ratio"] = out["ours_added_us"] / out[f"{alternative}_added_us"]
+    out["floor_ratio"] = out["floor_added_us"] / out[f"{alternative}_added_us"]
     return out
 
 
@@ -179,12 +186,15 @@ def report(results: dict[str, dict[str, float]]) -> str:
         "adapters (in-process, per request, median of rounds)",
         f"  FastAPI: bare {f['bare_us']:.1f} us; added: ours {f['ours_added_us']:.1f} us, "
         f"ours+access log {f['ours_access_log_added_us']:.1f} us, "
-        f"prometheus-fastapi-instrumentator {f['instrumentator_added_us']:.1f} us; "
-        f"ratio {f['ratio']:.2f}x (target <= 0.25x)",
+        f"prometheus-fastapi-instrumentator {f['instrumentator_added_us']:.1f} us, "
+        f"floor {f['floor_added_us']:.1f} us; "
+        f"ratio {f['ratio']:.2f}x (target <= 0.25x; the floor: {f['floor_ratio']:.2f}x)",
         f"  Flask: bare {k['bare_us']:.1f} us; added: ours {k['ours_added_us']:.1f} us, "
         f"ours+access log {k['ours_access_log_added_us']:.1f} us, "
-        f"prometheus-flask-exporter {k['exporter_added_us']:.1f} us; "
-        f"ratio {k['ratio']:.2f}x (target <= 0.25x)",
+        f"prometheus-flask-exporter {k['exporter_added_us']:.1f} us, "
+        f"floor {k['floor_added_us']:.1f} us; "
+        f"ratio {k['ratio']:.2f}x (target <= 0.25x; the floor: {k['floor_ratio']:.2f}x)",
+        "  floor: the least any such middleware does (benchmarks/floor.py), measured alongside",
     ])
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,5 +26,42 @@ def test_benchmarks_run_and_report_every_figure() -> None:
     for framework, alternative in (("fastapi", "instrumentator"), ("flask", "exporter")):
         figures = ada[framework]
         assert {"bare_us", "ours_added_us", "ours_access_log_added_us",
-                f"{alternative}_added_us", "ratio"} <= set(figures)
+                f"{alternative}_added_us", "ratio", "floor_added_us", "floor_ratio"} <= set(figures)
         assert all(isinstance(v, float) for v in figures.values())
+
+
+def test_the_floor_middlewares_do_what_they_stand_for() -> None:
+    """The floor the adapters are read against must really echo, count and time."""
+    from werkzeug.test import EnvironBuilder
+
+    from benchmarks import floor
+    from benchmarks.adapters import _fastapi_app, _flask_app
+
+    counts = floor.Counts()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": "/items/7", "raw_path": b"/items/7", "root_path": "",
+             "query_string": b"", "headers": [(b"x-trace-id", b"floor-1")]}
+    asyncio.run(floor.starlette(_fastapi_app(), counts)(scope, receive, send))
+    assert (b"x-trace-id", b"floor-1") in sent[0]["headers"]
+
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    app = floor.flask(_flask_app(), counts)
+    environ = EnvironBuilder(path="/items/8", headers={"X-Trace-ID": "bad id!"}).get_environ()
+    body = app(environ, lambda status, headers, exc_info=None: started.append((status, headers)))
+    assert b"".join(body) == b'{"item_id":8}\n'
+    body.close()  # type: ignore[attr-defined]
+    assert ("X-Trace-ID", "0" * 31 + "1") in started[0][1]  # an invalid ID is replaced
+
+    assert counts.requests == {("GET", "/items/{item_id}", 200): 1,
+                               ("GET", "/items/<int:item_id>", 200): 1}
+    assert not counts.active
+    for histogram in counts.histograms.values():
+        assert sum(histogram[:-1]) == 1 and histogram[-1] > 0
