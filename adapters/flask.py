@@ -13,6 +13,7 @@ from typing import Any
 try:
     from flask import Flask
     from flask.globals import _cv_request  # the request context variable (Flask >= 2.2)
+    from werkzeug.wsgi import ClosingIterator
 except ImportError as exc:
     raise ImportError("instrument.adapters.flask needs Flask: "
                       "pip install 'llm-instrument[flask]'") from exc
@@ -20,17 +21,11 @@ except ImportError as exc:
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import (
-    TraceContext,
-    _current,
-    accept_trace_id,
-    make_context,
-    new_trace_id,
-)
+from instrument._context import _current, make_context
 from instrument._exposition import make_wsgi_app
 from instrument._http import ServerRequest, current_request
 from instrument._metrics import gunicorn_child_exit  # the documented import path for gunicorn
-from instrument._propagation import extract_wsgi, trace_headers
+from instrument._propagation import extract_wsgi, incoming_trace, trace_headers
 
 __all__ = ["gunicorn_child_exit", "instrument_app"]
 
@@ -44,7 +39,8 @@ _END: Any = object()
 class _Response:
     """One request's ``start_response`` (for the app) and body (for the server)."""
 
-    __slots__ = ("_closed", "_context", "_exhausted", "_inner", "_req", "_start_response")
+    __slots__ = ("_closed", "_context", "_exhausted", "_headers", "_inner", "_req",
+                 "_start_response")
 
     def __init__(self, req: ServerRequest, start_response: StartResponse,
                  context: Context) -> None:
@@ -70,6 +66,7 @@ class _Response:
                 ours = True
         if ours:  # the app set them itself: the request's trace wins, never two values
             headers = [h for h in headers if h[0].lower() not in _TRACE_HEADERS]
+        self._headers = headers
         try:
             if req.route is None:  # no rule matched (a 404/405): __unmatched__
                 rule = ctx.request.url_rule if (ctx := _cv_request.get(None)) is not None else None
@@ -106,8 +103,8 @@ class _Response:
             return
         self._closed = True
         req = self._req
-        if not self._exhausted:  # else the body's end has recorded it
-            if req.error is None:
+        if not req.finished:  # else the body's end has recorded it
+            if not self._exhausted and req.error is None:
                 req.client_disconnected()
             req.finish()
         if (close := getattr(self._inner, "close", None)) is not None:
@@ -118,11 +115,26 @@ class _Response:
             self._req.finish()
 
 
+def _pass_file(response: _Response, inner: Any) -> Any:
+    """Give the server back its own ``wsgi.file_wrapper``, so it can ``sendfile()`` it (no app
+    code runs meanwhile); its ``close()``, once the file is out, ends the request."""
+    try:
+        close = getattr(inner, "close", None)
+        inner.close = response.close
+    except AttributeError:  # a wrapper that takes no attributes: served like any body
+        return response
+    response._inner = ClosingIterator((), close) if close is not None else ()
+    response._exhausted = True  # ended by close(), not a hang-up
+    for name, value in getattr(response, "_headers", ()):
+        if name.lower() == "content-length" and value.isdigit():
+            response._req.bytes_sent = int(value)
+    return inner
+
+
 def _untimed(environ: Environ, start_response: StartResponse, app: WSGIApp) -> Iterable[bytes]:
     """Serve unmeasured (no trace counted either); the trace ID still goes in and out."""
     trace_id, parent, _valid = extract_wsgi(environ)
-    token = _current.set(TraceContext(
-        accept_trace_id(trace_id) if trace_id is not None else new_trace_id(), parent))
+    token = _current.set(incoming_trace(trace_id, parent))
     try:
         extra = trace_headers()
         return app(environ, lambda status, headers, exc_info=None:
@@ -168,11 +180,14 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
         context.run(_current.set, make_context((req.trace_id, req.span_id, None, req)))
         response = _Response(req, start_response, context)
         try:
-            response._inner = context.run(wsgi_app, environ, response.start_response)
+            inner = response._inner = context.run(wsgi_app, environ, response.start_response)
         except BaseException as err:  # PROPAGATE_EXCEPTIONS: the server makes the 500
             req.failed(err)
             response.close()
             raise
+        if (file_wrapper := environ.get("wsgi.file_wrapper")) is not None and (
+                type(inner) is file_wrapper):  # send_file() under gunicorn, mod_wsgi, ...
+            return _pass_file(response, inner)
         return response
 
     def log_exception(exc_info: Any) -> None:  # logged once, as the request ends: not twice

@@ -21,16 +21,15 @@ except ImportError as exc:  # pragma: no cover - tested with sys.modules patched
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import (
-    TraceContext,
-    _current,
-    accept_trace_id,
-    make_context,
-    new_trace_id,
-)
+from instrument._context import _current, make_context
 from instrument._exposition import make_asgi_app
 from instrument._http import ServerRequest
-from instrument._propagation import extract_asgi, extract_context, trace_headers
+from instrument._propagation import (
+    extract_asgi,
+    extract_context,
+    incoming_trace,
+    trace_headers,
+)
 from instrument._span import outcome_of
 
 __all__ = ["InstrumentMiddleware", "instrument_app"]
@@ -44,15 +43,12 @@ def _add_headers(message: Message, trace: list[tuple[bytes, bytes]]) -> bool:
     """Put the trace headers on a response start (replacing the app's); True for an SSE body.
 
     Names are compared case-insensitively (not every app lower-cases them), but only
-    lower-cased when their length could match.
+    lower-cased when their length matches.
     """
     sse = False
     clash = False
     headers = message.get("headers", ())
     for name, value in headers:
-        if name == b"content-type":  # the usual spelling: no lower()
-            sse = value.startswith(b"text/event-stream")
-            continue
         size = len(name)
         if size == 12:
             if name.lower() == b"content-type":
@@ -220,9 +216,7 @@ class InstrumentMiddleware:
 
 async def _untimed(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
     """Serve without measuring (no trace counted); the trace ID still goes in and out."""
-    trace_id, parent = extract_context(scope.get("headers", ()))
-    token = _current.set(TraceContext(
-        accept_trace_id(trace_id) if trace_id is not None else new_trace_id(), parent))
+    token = _current.set(incoming_trace(*extract_context(scope.get("headers", ()))))
     try:
         trace = [(name.lower().encode("latin-1"), value.encode("latin-1"))
                  for name, value in trace_headers()]

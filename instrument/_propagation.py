@@ -10,9 +10,11 @@ from instrument._context import (
     _VALID_ID,
     TraceContext,
     _current,
+    accept_trace_id,
     is_valid_trace_id,
     is_w3c_trace_id,
     new_span_id,
+    new_trace_id,
 )
 
 TRACE_HEADER = "X-Trace-ID"
@@ -175,6 +177,12 @@ def _checked(trace_header: str | None, raw_parent: str) -> tuple[str | None, str
 def extract_trace_id(headers: Any) -> str | None:
     """The trace ID carried by incoming headers (``X-Trace-ID``, then ``traceparent``), or None."""
     return extract_context(headers)[0]
+
+
+def incoming_trace(trace_id: str | None, parent: str | None) -> TraceContext:
+    """The trace a request continues: its valid ID, else a fresh one (a rejected ID is logged)."""
+    return TraceContext(accept_trace_id(trace_id) if trace_id is not None else new_trace_id(),
+                        parent)
 
 
 def headers_for(ctx: TraceContext) -> list[tuple[str, str]]:

@@ -385,6 +385,36 @@ def test_send_file_still_works_and_counts_its_bytes(tmp_path: Path,
         assert r.headers["x-trace-id"]
 
 
+def test_a_servers_file_wrapper_goes_back_to_it_for_sendfile(tmp_path: Path,
+                                                           registry: Any, logs: LogCapture) -> None:
+    """gunicorn (like mod_wsgi) sends a file with sendfile() only if it gets its own wrapper
+    back; the request still ends, counted with its bytes, when the server closes it."""
+    from gunicorn.http.wsgi import FileWrapper
+
+    data = bytes(range(256)) * 100
+    (tmp_path / "blob.bin").write_bytes(data)
+    app = extended_app(tmp_path / "blob.bin")
+    instrument_app(app, access_log=True)
+    environ = EnvironBuilder(path="/file", headers=[("X-Trace-ID", "file-trace")]).get_environ()
+    environ["wsgi.file_wrapper"] = FileWrapper
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    body = app(environ, lambda status, headers, exc_info=None: started.append((status, headers)))
+    assert type(body) is FileWrapper  # what gunicorn's worker checks before sendfile()
+    assert ("X-Trace-ID", "file-trace") in started[0][1]
+    assert b"".join(body) == data  # (sendfile reads body.filelike instead)
+    assert registry.get_sample_value("http_requests_in_progress",
+                                     {"method": "GET", "route": "/file"}) == 1
+    body.close()
+    assert body.filelike.closed
+    assert registry.get_sample_value(
+        "http_requests_total", {"method": "GET", "route": "/file", "status": "200"}) == 1
+    assert registry.get_sample_value("http_requests_in_progress",
+                                     {"method": "GET", "route": "/file"}) == 0
+    [line] = logs.events("request")
+    assert line["bytes"] == len(data) and line["trace_id"] == "file-trace"
+    assert get_trace_id() is None
+
+
 # -- access log ----------------------------------------------------------------------------
 
 def test_access_log_line_is_json_with_the_requests_fields(url: str, client: httpx.Client,
