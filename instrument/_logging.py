@@ -126,8 +126,13 @@ class InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        # depth=6 skips logging's own frames so loguru reports the real caller
-        logger.bind(logger=record.name).opt(depth=6, exception=record.exc_info).log(
+        # loguru reports the frame that called logging, however deep logging's own calls
+        # went (logger.exception adds one, a LoggerAdapter another)
+        frame, depth = sys._getframe(), 0
+        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
+            frame = frame.f_back
+            depth += 1
+        logger.bind(logger=record.name).opt(depth=depth, exception=record.exc_info).log(
             level, record.getMessage())
 
 

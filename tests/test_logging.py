@@ -134,6 +134,23 @@ def test_stdlib_exceptions_keep_their_traceback(logs: LogCapture) -> None:
     assert record["exception"]["type"] == "ZeroDivisionError"
 
 
+def test_stdlib_records_name_the_function_that_logged(logs: LogCapture) -> None:
+    """The text format shows loguru's caller: the app's function, not logging's internals."""
+    seen: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: seen.append((m.record["name"], m.record["function"])),
+                      level="INFO")
+    try:
+        logging.getLogger("app").warning("plain")
+        try:
+            1 / 0  # noqa: B018 - raising is the point
+        except ZeroDivisionError:
+            logging.getLogger("app").exception("with a traceback")
+        logging.LoggerAdapter(logging.getLogger("app"), {}).info("through an adapter")
+    finally:
+        logger.remove(sink)
+    assert seen == [(__name__, "test_stdlib_records_name_the_function_that_logged")] * 3
+
+
 def test_stdlib_routing_can_be_left_alone() -> None:
     root = logging.getLogger()
     # an earlier configure_logging() in this process may have routed the root logger already
