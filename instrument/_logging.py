@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping
 from datetime import timezone
 from functools import lru_cache
+from types import FrameType
 from typing import Any, TextIO
 
 from loguru import logger
@@ -128,7 +129,8 @@ class InterceptHandler(logging.Handler):
             level = record.levelno
         # loguru reports the frame that called logging, however deep logging's own calls
         # went (logger.exception adds one, a LoggerAdapter another)
-        frame, depth = sys._getframe(), 0
+        frame: FrameType | None = sys._getframe()
+        depth = 0
         while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
             frame = frame.f_back
             depth += 1
