@@ -115,7 +115,7 @@ class _Response:
             self._req.finish()
 
 
-def _pass_file(response: _Response, inner: Any) -> Any:
+def _pass_file(response: _Response, inner: Any) -> Iterable[bytes]:
     """Give the server back its own ``wsgi.file_wrapper``, so it can ``sendfile()`` it (no app
     code runs meanwhile); its ``close()``, once the file is out, ends the request."""
     try:
@@ -128,7 +128,8 @@ def _pass_file(response: _Response, inner: Any) -> Any:
     for name, value in getattr(response, "_headers", ()):
         if name.lower() == "content-length" and value.isdigit():
             response._req.bytes_sent = int(value)
-    return inner
+    file: Iterable[bytes] = inner
+    return file
 
 
 def _untimed(environ: Environ, start_response: StartResponse, app: WSGIApp) -> Iterable[bytes]:
