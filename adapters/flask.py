@@ -107,7 +107,8 @@ class _Response:
             if not self._exhausted and req.error is None:
                 req.client_disconnected()
             req.finish()
-        if (close := getattr(self._inner, "close", None)) is not None:
+        inner, self._inner = self._inner, ()  # a server's file wrapper refers back to us
+        if (close := getattr(inner, "close", None)) is not None:
             self._context.run(close)  # call_on_close work: after the clock, in the trace
 
     def __del__(self) -> None:  # never closed by the server: count it, leave contexts alone
@@ -126,7 +127,7 @@ def _pass_file(response: _Response, inner: Any) -> Iterable[bytes]:
     response._inner = ClosingIterator((), close) if close is not None else ()
     response._exhausted = True  # ended by close(), not a hang-up
     for name, value in getattr(response, "_headers", ()):
-        if name.lower() == "content-length" and value.isdigit():
+        if name.lower() == "content-length" and value.isascii() and value.isdigit():
             response._req.bytes_sent = int(value)
     file: Iterable[bytes] = inner
     return file

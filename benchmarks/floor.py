@@ -105,6 +105,7 @@ def asgi(app: Any, counts: Counts) -> Callable[..., Any]:
         try:
             await app(scope, receive, send_observed)
         finally:
+            counts.active.discard(request)  # the app failed or sent no complete body
             _current.reset(token)
 
     return middleware
@@ -129,10 +130,16 @@ class _Body:
                           request.status, perf_counter() - self._start)
 
     def close(self) -> None:
+        self._counts.active.discard(self._request)  # a hang-up: no longer in progress
         close = getattr(self._inner, "close", None)
         if close is not None:
             close()
-        _current.reset(self._token)
+        token, self._token = self._token, None
+        if token is not None:  # once
+            try:
+                _current.reset(token)
+            except ValueError:  # closed from another context: nothing of ours is bound there
+                pass
 
 
 def flask(flask_app: Any, counts: Counts) -> Any:

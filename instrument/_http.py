@@ -24,6 +24,7 @@ from instrument._context import (
     new_trace_id,
 )
 from instrument._propagation import TRACE_HEADER, TRACEPARENT, extract_checked, trace_headers
+from instrument._served import Series
 
 UNMATCHED = "__unmatched__"
 CLIENT_CLOSED = 499
@@ -48,13 +49,14 @@ def current_request() -> ServerRequest | None:
 class ServerRequest:
     """One served HTTP request: trace in and out, metrics, access log.
 
-    Call order: ``enter()`` (binds the trace), ``set_route()`` as soon as the
+    Call order: bind the trace (``enter()``, or an adapter sets
+    ``TraceContext(..., request=self)`` itself), ``set_route()`` as soon as the
     route template is known, ``response_started()``, ``body_sent()`` per chunk,
     ``finish()`` exactly once when the body has ended (or the client left), then
-    ``exit()``. ``finish`` is idempotent.
+    unbind (``exit()``). ``finish`` is idempotent.
     """
 
-    __slots__ = ("_stream_start", "_token", "_w3c", "access_log", "bytes_sent",
+    __slots__ = ("_series", "_stream_start", "_token", "_w3c", "access_log", "bytes_sent",
                  "client", "disconnected", "error", "finished", "method", "metrics", "path",
                  "route", "span_id", "sse", "sse_events", "start", "status", "streams",
                  "trace_id")
@@ -95,6 +97,7 @@ class ServerRequest:
         self.finished = False
         self._stream_start = 0.0  # > 0 once an SSE response is measured here
         self._token: Token[TraceContext | None] | None = None
+        self._series: Series | None = None  # bound once routed (see set_route)
 
     @property
     def trace(self) -> TraceContext:
@@ -138,7 +141,10 @@ class ServerRequest:
         if self.route is None:
             self.route = route or UNMATCHED
             try:
-                self.metrics.served.active.add(self)  # finish() takes it out
+                served, key = self.metrics.served, (self.method, self.route)
+                # bound once, in routing order: labels past max_label_values go to 'other'
+                self._series = served.known.get(key) or served.series(*key)
+                served.active.add(self)  # finish() takes it out
             except Exception as exc:
                 _metrics.report_internal_error("http_in_progress", exc)
 
@@ -203,7 +209,7 @@ class ServerRequest:
             served = self.metrics.served
             served.active.discard(self)  # if it was in progress
             route = self.route or UNMATCHED
-            series = served.known.get((self.method, route)) or served.series(self.method, route)
+            series = self._series or served.series(self.method, route)  # routed, or not
             status = self.status
             if self.disconnected and (status is None or not self.sse):
                 status = CLIENT_CLOSED

@@ -2,11 +2,11 @@
 
 A served request is the toolkit's hottest path. Through prometheus-client's
 children it would take a lock five times (trace counter, in-progress up and
-down, the status counter, the duration histogram). Here a request joins its
-series' in-progress set (``set.add`` is atomic: no lock), leaves it as it ends,
-and holds the series' lock once, in ``done``. The numbers become Prometheus
-families only when scraped, by collectors registered under the catalog's
-names (``http_requests_total``, ``http_requests_in_progress``,
+down, the status counter, the duration histogram). Here a request, once
+routed, joins one set of requests in progress (``set.add`` is atomic: no
+lock), leaves it as it ends, and holds its series' lock once, in ``done``. The
+numbers become Prometheus families only when scraped, by collectors registered
+under the catalog's names (``http_requests_total``, ``http_requests_in_progress``,
 ``http_request_duration_seconds``, ``trace_requests_total``).
 
 Multiprocess mode cannot use them (every worker's values must live in
@@ -148,7 +148,7 @@ class ServedRequests:
         #: the routed requests in progress (``add`` once routed, ``discard`` as they end):
         #: one set for every route, grouped when scraped. ``set.add`` and ``set.discard``
         #: are atomic, so starting a request takes no lock and looks nothing up.
-        self.active: InProgress = set() if traces is not None else _SharedInProgress(self)
+        self.active: InProgress = set() if traces is not None else _SharedInProgress()
 
     def series(self, method: str, route: str) -> Series:
         found = self.known.get((method, route))
@@ -187,13 +187,11 @@ class ServedRequests:
         return out
 
     def _in_progress(self) -> dict[Series, int]:
-        """The requests in progress, per series (a series exists for each from here on)."""
+        """The requests in progress, per series (bound as each was routed: nothing new here)."""
         counts: dict[Series, int] = {}
         for request in list(self.active):  # copied in one step: no request runs meanwhile
-            route = getattr(request, "route", None)
-            if route is not None:
-                series = self.series(request.method, route)
-                counts[series] = counts.get(series, 0) + 1
+            series = request._series  # bound before the request joined the set
+            counts[series] = counts.get(series, 0) + 1
         return counts
 
     def _http_requests_total(self, name: str, spec: MetricSpec) -> Metric:
@@ -286,14 +284,13 @@ class ChildSeries:
 class _SharedInProgress:
     """Multiprocess mode's in-progress set: each request moves its series' shared gauge."""
 
-    __slots__ = ("_counted", "_served")
+    __slots__ = ("_counted",)
 
-    def __init__(self, served: ServedRequests) -> None:
-        self._served = served
+    def __init__(self) -> None:
         self._counted: dict[Any, ChildSeries] = {}  # request -> the series it raised
 
     def add(self, request: Any, /) -> None:
-        series = self._served.series(request.method, request.route)
+        series = request._series  # bound before the request joins
         if isinstance(series, ChildSeries) and request not in self._counted:
             series.in_progress.inc()
             self._counted[request] = series

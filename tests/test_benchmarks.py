@@ -26,7 +26,8 @@ def test_benchmarks_run_and_report_every_figure() -> None:
     for framework, alternative in (("fastapi", "instrumentator"), ("flask", "exporter")):
         figures = ada[framework]
         assert {"bare_us", "ours_added_us", "ours_access_log_added_us",
-                f"{alternative}_added_us", "ratio", "floor_added_us", "floor_ratio"} <= set(figures)
+                f"{alternative}_added_us", "ratio", "floor_added_us", "floor_ratio",
+                "ours_no_trace_header_added_us"} <= set(figures)
         assert all(isinstance(v, float) for v in figures.values())
 
 

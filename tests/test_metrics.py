@@ -232,6 +232,12 @@ out = {"pid": os.getpid()}
 if sys.argv[2] == "report":
     from prometheus_client import multiprocess
     multiprocess.mark_process_dead(int(sys.argv[3]))  # what gunicorn's child_exit hook does
+    from instrument._http import ServerRequest
+    served = ServerRequest("POST", "/chat", [], access_log=False)
+    served.set_route("/chat")
+    out["during"] = respond("").body.decode()  # the request is in progress in this worker
+    served.response_started(200)
+    served.finish()
     text = respond("").body.decode()
     om = respond("", accept="application/openmetrics-text; version=1.0.0").body.decode()
     out.update(text=text, openmetrics=om, summary=json.loads(respond("/summary").body),
@@ -262,6 +268,13 @@ def test_multiprocess_mode_aggregates_workers_with_livesum_gauges(tmp_path: Path
     scraped = {s.name: s for f in text_string_to_metric_families(out["text"])
                for s in f.samples if not s.name.endswith("_created")}
     assert scraped["cache_hits_total"].value == 5  # both workers' counters
+    during = {(s.name, s.labels.get("route")): s.value
+              for f in text_string_to_metric_families(out["during"]) for s in f.samples}
+    assert during[("http_requests_in_progress", "/chat")] == 1
+    final = {(s.name, s.labels.get("route"), s.labels.get("status")): s.value
+             for f in text_string_to_metric_families(out["text"]) for s in f.samples}
+    assert final[("http_requests_in_progress", "/chat", None)] == 0
+    assert final[("http_requests_total", "/chat", "200")] == 1
     assert scraped["span_duration_seconds_count"].value == 2
     # in-flight is livesum: the dead worker's gauge is gone once it is marked dead
     assert scraped["provider_inflight_requests"].value == 1

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextvars
+import gc
 import importlib
+import io
 import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -413,6 +416,46 @@ def test_a_servers_file_wrapper_goes_back_to_it_for_sendfile(tmp_path: Path,
     [line] = logs.events("request")
     assert line["bytes"] == len(data) and line["trace_id"] == "file-trace"
     assert get_trace_id() is None
+
+
+class _ServerFileWrapper:
+    """A server's file wrapper whose close is a method (waitress's is), not an attribute."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.filelike, self.blksize = filelike, blksize
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self.filelike.read(self.blksize), b"")
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+def test_a_file_wrapper_with_a_close_method_is_freed_without_the_gc(registry: Any) -> None:
+    app = Flask(__name__)
+
+    @app.get("/odd")
+    def odd() -> Response:
+        wrapper = request.environ["wsgi.file_wrapper"](io.BytesIO(b"abc"))
+        # a Content-Length no int() can read: the request is still served and counted
+        return Response(wrapper, headers={"Content-Length": "\u00b2"}, direct_passthrough=True)
+
+    instrument_app(app, access_log=False)
+    environ = EnvironBuilder(path="/odd").get_environ()
+    environ["wsgi.file_wrapper"] = _ServerFileWrapper
+    gc.disable()
+    try:
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        assert type(body) is _ServerFileWrapper
+        assert b"".join(body) == b"abc"
+        body.close()
+        freed = weakref.ref(body)
+        del body
+        assert freed() is None  # no reference cycle left behind
+    finally:
+        gc.enable()
+    assert registry.get_sample_value(
+        "http_requests_total", {"method": "GET", "route": "/odd", "status": "200"}) == 1
 
 
 # -- access log ----------------------------------------------------------------------------
