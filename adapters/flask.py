@@ -169,6 +169,7 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
             return _untimed(environ, start_response, metrics_app)
         if path in exact or (prefixes and path.startswith(prefixes)):
             return _untimed(environ, start_response, wsgi_app)
+        # current_request(), inlined here and in preprocess_request: both run per request
         if (ctx := _current.get()) is not None and ctx.request is not None:
             return wsgi_app(environ, start_response)  # inside another instrumented app
         req = ServerRequest(environ.get("REQUEST_METHOD", "GET"),

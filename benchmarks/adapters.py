@@ -77,16 +77,9 @@ def bench_fastapi(n: int, rounds: int) -> dict[str, float]:
     from instrument.adapters.starlette import instrument_app
 
     instrument.configure(registry=CollectorRegistry())
-    bare = _fastapi_app()
-    ours = instrument_app(_fastapi_app(), access_log=False)
-    ours_log = instrument_app(_fastapi_app(), access_log=True)
-    theirs = _fastapi_app()
-    Instrumentator(registry=CollectorRegistry()).instrument(theirs)
-    least = floor.starlette(_fastapi_app(), floor.Counts())
-    apps = {"bare": bare, "ours": ours, "ours_access_log": ours_log, "instrumentator": theirs,
-            "floor": least}
-    runners = {k: _asgi_runner(v) for k, v in apps.items()}
-    runners["ours_no_trace_header"] = _asgi_runner(ours, trace_header=False)
+    runners = _runners(_fastapi_app, instrument_app, _asgi_runner, "instrumentator",
+                       lambda app: Instrumentator(registry=CollectorRegistry()).instrument(app),
+                       lambda app: floor.starlette(app, floor.Counts()))
     return _measure(runners, n, rounds, asyncio_=True, alternative="instrumentator")
 
 
@@ -135,22 +128,30 @@ def bench_flask(n: int, rounds: int) -> dict[str, float]:
     from instrument.adapters.flask import instrument_app
 
     instrument.configure(registry=CollectorRegistry())
-    bare = _flask_app()
-    ours = _flask_app()
-    instrument_app(ours, access_log=False)
-    ours_log = _flask_app()
-    instrument_app(ours_log, access_log=True)
-    theirs = _flask_app()
-    PrometheusMetrics(theirs, registry=CollectorRegistry())
-    least = floor.flask(_flask_app(), floor.Counts())
-    apps = {"bare": bare, "ours": ours, "ours_access_log": ours_log, "exporter": theirs,
-            "floor": least}
-    runners = {k: _wsgi_runner(v) for k, v in apps.items()}
-    runners["ours_no_trace_header"] = _wsgi_runner(ours, trace_header=False)
+    runners = _runners(_flask_app, instrument_app, _wsgi_runner, "exporter",
+                       lambda app: PrometheusMetrics(app, registry=CollectorRegistry()),
+                       lambda app: floor.flask(app, floor.Counts()))
     return _measure(runners, n, rounds, asyncio_=False, alternative="exporter")
 
 
 # -- shared -------------------------------------------------------------------------------
+
+def _runners(make: Callable[[], Any], instrument_app: Callable[..., Any],
+             runner: Callable[..., Callable[[int], Any]], alternative: str,
+             add_alternative: Callable[[Any], Any],
+             add_floor: Callable[[Any], Any]) -> dict[str, Callable[[int], Any]]:
+    """The same app, bare, with ours (access log off and on), the alternative and the floor;
+    ours once more for requests without an X-Trace-ID."""
+    ours = instrument_app(make(), access_log=False)
+    theirs = make()
+    add_alternative(theirs)
+    logged = instrument_app(make(), access_log=True)
+    apps = {"bare": make(), "ours": ours, "ours_access_log": logged, alternative: theirs,
+            "floor": add_floor(make())}
+    runners = {name: runner(app) for name, app in apps.items()}
+    runners["ours_no_trace_header"] = runner(ours, trace_header=False)
+    return runners
+
 
 def _measure(runners: dict[str, Callable[[int], Any]], n: int, rounds: int, *, asyncio_: bool,
              alternative: str) -> dict[str, float]:

@@ -142,7 +142,8 @@ class ServerRequest:
             self.route = route or UNMATCHED
             try:
                 served, key = self.metrics.served, (self.method, self.route)
-                # bound once, in routing order: labels past max_label_values go to 'other'
+                # bound once, in routing order: labels past max_label_values go to 'other'.
+                # (series()'s own first lookup inlined: this runs once per request)
                 self._series = served.known.get(key) or served.series(*key)
                 served.active.add(self)  # finish() takes it out
             except Exception as exc:

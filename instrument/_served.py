@@ -140,7 +140,7 @@ class ServedRequests:
     def __init__(self, owner: Metrics, traces: TraceCount | None = None) -> None:
         self._owner = owner
         self._lock = threading.Lock()
-        #: (method, route) as asked -> series; read it first, ``series()`` fills it
+        #: (method, route) as asked -> series: the request path reads it before ``series()``
         self.known: dict[tuple[str, str], Series] = {}
         self._bounded: dict[tuple[str, str], Series] = {}  # label values -> series
         self._seen: tuple[set[str], set[str]] = (set(), set())
@@ -287,18 +287,17 @@ class _SharedInProgress:
     __slots__ = ("_counted",)
 
     def __init__(self) -> None:
-        self._counted: dict[Any, ChildSeries] = {}  # request -> the series it raised
+        self._counted: set[Any] = set()  # the requests whose series' gauge they raised
 
     def add(self, request: Any, /) -> None:
-        series = request._series  # bound before the request joins
-        if isinstance(series, ChildSeries) and request not in self._counted:
-            series.in_progress.inc()
-            self._counted[request] = series
+        if request not in self._counted:
+            self._counted.add(request)
+            request._series.in_progress.inc()  # a ChildSeries, bound before the request joins
 
     def discard(self, request: Any, /) -> None:
-        series = self._counted.pop(request, None)
-        if series is not None:
-            series.in_progress.dec()
+        if request in self._counted:
+            self._counted.discard(request)
+            request._series.in_progress.dec()
 
     def __iter__(self) -> Iterator[Any]:  # not scraped from here: the gauges are shared
         return iter(())
