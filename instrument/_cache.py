@@ -44,9 +44,9 @@ def _count(m: _metrics.Metrics, cache: str, hit: bool, duration: float | None) -
     (m.cache_hits if hit else m.cache_misses).child(cache).inc()
     if not log_enabled(10):
         return
-    logger.bind(event="cache", cache=cache, hit=hit,
-                latency_ms=round(duration * 1000, 3) if duration is not None else None).debug(
-        "cache {cache} {result}", cache=cache, result="hit" if hit else "miss")
+    logger.debug("cache {cache} {result}", event="cache", cache=cache, hit=hit,
+                 result="hit" if hit else "miss",
+                 latency_ms=round(duration * 1000, 3) if duration is not None else None)
 
 
 def record_cache(cache: str, hit: bool, duration: float | None = None, *,

@@ -131,6 +131,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("instrument_label_overflow_total", "counter",
                "Label values recorded as 'other' because a label reached max_label_values.",
                ("metric", "label"), "values"),
+    MetricSpec("instrument_log_lines_dropped_total", "counter",
+               "JSON log lines dropped because configure_logging's queue was full.",
+               (), "lines"),
 )
 
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}

@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 from loguru import logger
 
+from instrument._loggate import log_enabled
+
 
 class TraceContext(NamedTuple):
     """The active trace: its ID and the ID of the innermost open span (or remote parent).
@@ -100,7 +102,7 @@ def accept_trace_id(value: object) -> str:
     if is_valid_trace_id(value):
         return value  # type: ignore[return-value]
     replacement = new_trace_id()
-    logger.bind(
-        event="invalid_trace_id", rejected=safe_repr(value), trace_id=replacement
-    ).warning("rejected an invalid trace ID; started a new trace")
+    if log_enabled(30):
+        logger.warning("rejected an invalid trace ID; started a new trace",
+                       event="invalid_trace_id", rejected=safe_repr(value), trace_id=replacement)
     return replacement

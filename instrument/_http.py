@@ -23,6 +23,7 @@ from instrument._context import (
     new_span_id,
     new_trace_id,
 )
+from instrument._loggate import log_enabled
 from instrument._propagation import TRACE_HEADER, TRACEPARENT, extract_checked, trace_headers
 from instrument._served import Series
 
@@ -187,13 +188,14 @@ class ServerRequest:
         if self.finished and not self.disconnected:
             # Raised after the response was recorded (a background task): the
             # request keeps its status, but the exception is still logged once.
+            if not log_enabled(40):
+                return
             token = _current.set(self.trace)
             try:
-                logger.bind(event="unhandled_exception", method=self.method,
-                            route=self.route or UNMATCHED, path=self.path,
-                            after_response=True).opt(exception=exc).error(
+                logger.opt(exception=exc).error(
                     "unhandled exception after the response to {method} {path}",
-                    method=self.method, path=self.path)
+                    event="unhandled_exception", method=self.method,
+                    route=self.route or UNMATCHED, path=self.path, after_response=True)
             except Exception as err:
                 _metrics.report_internal_error("http_late_error", err)
             finally:
@@ -222,24 +224,22 @@ class ServerRequest:
                 self.metrics.http_errors.child(self.method, route, str(status)).inc()
             if self._stream_start:
                 self._close_fallback_stream()
-            if failed or self.access_log:
+            if (failed and log_enabled(40)) or (self.access_log and log_enabled(20)):
                 self._log(route, status, elapsed, failed)
         except Exception as exc:
             _metrics.report_internal_error("http_request", exc)
 
     def _log(self, route: str, status: int, elapsed: float, failed: bool) -> None:
         method, trace_id, span_id = self.method, self.trace_id, self.span_id
-        if failed:
-            logger.bind(event="unhandled_exception", method=method, route=route,
-                        path=self.path, trace_id=trace_id, span_id=span_id).opt(
-                exception=self.error).error("unhandled exception while serving {method} {path}",
-                                            method=method, path=self.path)
-        if self.access_log:
-            logger.bind(event="request", method=method, route=route, path=self.path,
-                        status=status, latency_ms=round(elapsed * 1000, 3),
+        if failed and log_enabled(40):
+            logger.opt(exception=self.error).error(
+                "unhandled exception while serving {method} {path}", event="unhandled_exception",
+                method=method, route=route, path=self.path, trace_id=trace_id, span_id=span_id)
+        if self.access_log and log_enabled(20):
+            logger.info("{method} {path} {status}", event="request", method=method, route=route,
+                        path=self.path, status=status, latency_ms=round(elapsed * 1000, 3),
                         bytes=self.bytes_sent, client=self.client, trace_id=trace_id,
-                        span_id=span_id).info(
-                "{method} {path} {status}", method=method, path=self.path, status=status)
+                        span_id=span_id)
 
     # -- SSE responses not produced by a @track_sse generator ------------------------
     def _open_fallback_stream(self) -> None:

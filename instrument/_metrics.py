@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
 from instrument._context import _current
+from instrument._loggate import log_enabled
 from instrument._served import ServedRequests, TraceCount
 
 DEFAULT_MAX_LABEL_VALUES = 100
@@ -220,6 +221,7 @@ class Metrics:
         self.span_errors = f["span_errors_total"]
         self.internal_errors = f["instrument_internal_errors_total"]
         self.label_overflow = f["instrument_label_overflow_total"]
+        self.log_dropped = f["instrument_log_lines_dropped_total"].child()
         if self.clashes:
             self._report_clashes()
 
@@ -258,12 +260,12 @@ class Metrics:
         # very object under construction.
         try:
             self.internal_errors.child("registry").inc(len(self.clashes))
-            if "registry" not in _reported:
+            if "registry" not in _reported and log_enabled(40):
                 _reported.add("registry")
-                logger.bind(event="instrument_internal_error", where="registry",
-                            metrics=list(self.clashes)).error(
-                    "instrument: " + ", ".join(self.clashes) + " already registered by another "
-                    "collector; the toolkit's own are not exposed (the application is unaffected)")
+                logger.error("instrument: {names} already registered by another collector; the "
+                             "toolkit's own are not exposed (the application is unaffected)",
+                             names=", ".join(self.clashes), event="instrument_internal_error",
+                             where="registry", metrics=list(self.clashes))
         except Exception:
             pass
 
@@ -273,9 +275,12 @@ class Metrics:
         self._registered.clear()
 
     def bound(self, seen: set[str], metric: str, label: str, raw: object) -> str:
-        """A label value as recorded: a string, cut to 128 characters, and ``other`` once
-        ``seen`` (the values this label already took, under the caller's lock) is full."""
+        """A label value as recorded: a string that encodes (lone surrogates replaced), cut to
+        128 characters, and ``other`` once ``seen`` (the values this label already took,
+        under the caller's lock) is full."""
         value = raw if isinstance(raw, str) else str(raw)
+        if not value.isascii():
+            value = valid_text(value)
         if len(value) > _MAX_LABEL_LENGTH:
             value = value[:_MAX_LABEL_LENGTH]
         if value not in seen:
@@ -290,12 +295,22 @@ class Metrics:
         if metric != "instrument_label_overflow_total":
             self.label_overflow.child(metric, label).inc()
         key = (metric, label)
-        if key not in self._warned:
+        if key not in self._warned and log_enabled(30):
             self._warned.add(key)
-            logger.bind(event="label_overflow", metric=metric, label=label,
-                        limit=self.max_label_values).warning(
-                "label {label} of {metric} reached {limit} values; new values are recorded as "
-                "'other'", label=label, metric=metric, limit=self.max_label_values)
+            logger.warning("label {label} of {metric} reached {limit} values; new values are "
+                           "recorded as 'other'", event="label_overflow", metric=metric,
+                           label=label, limit=self.max_label_values)
+
+
+def valid_text(value: str) -> str:
+    """``value`` with code points that cannot be encoded (lone surrogates, which any decoded
+    request body can carry) replaced by U+FFFD: such a label would fail every scrape."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        # via UTF-16, a surrogate pair written as two code points becomes the one it means
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 _lock = threading.Lock()
@@ -388,13 +403,15 @@ def report_internal_error(where: str, exc: BaseException, *, via_logger: bool = 
     try:
         if where in _reported:
             return
-        _reported.add(where)
         if via_logger:
-            logger.bind(event="instrument_internal_error", where=where,
-                        error_type=type(exc).__name__).opt(exception=exc).error(
+            if not log_enabled(40):
+                return  # not opted in: counted only (reported once the application opts in)
+            _reported.add(where)
+            logger.opt(exception=exc).error(
                 "instrument: internal error in {where} (swallowed; the application is unaffected)",
-                where=where)
+                event="instrument_internal_error", where=where, error_type=type(exc).__name__)
         else:
+            _reported.add(where)
             sys.stderr.write(json.dumps({
                 "level": "ERROR", "event": "instrument_internal_error", "where": where,
                 "error_type": type(exc).__name__, "error": str(exc)[:200],
@@ -406,9 +423,9 @@ def report_internal_error(where: str, exc: BaseException, *, via_logger: bool = 
 
 
 def _say_once(key: str, message: str) -> None:
-    if key not in _reported:
+    if key not in _reported and log_enabled(20):
         _reported.add(key)
-        logger.bind(event="instrument_notice").info(message)
+        logger.info(message, event="instrument_notice")  # our own constants: no braces
 
 
 def _per_namespace(registry: CollectorRegistry) -> dict[str, Metrics]:

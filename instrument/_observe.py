@@ -5,11 +5,12 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
-from loguru import logger
-
 from instrument import _metrics
 from instrument._context import _current, make_context, new_span_id, new_trace_id
 from instrument._engine import Observer
+from instrument._loggate import log_enabled
+
+__all__ = ["TracedObserver", "log_enabled", "resolve_metrics"]
 
 
 class TracedObserver(Observer):
@@ -47,17 +48,3 @@ class TracedObserver(Observer):
 
 def resolve_metrics(registry: Any) -> _metrics.Metrics:
     return _metrics.current() if registry is None else _metrics.metrics_for(registry)
-
-
-# loguru keeps the lowest level any sink accepts on its (single, long-lived) core object.
-_LOGURU_CORE = getattr(logger, "_core", None)
-
-
-def log_enabled(level_no: int) -> bool:
-    """Whether any loguru sink would take a record of this level.
-
-    Lets hot paths skip building a structured event nobody will read. Reads
-    loguru's own cached minimum; if its internals ever change, we just log.
-    """
-    core = _LOGURU_CORE
-    return core is None or level_no >= getattr(core, "min_level", 0)

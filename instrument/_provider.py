@@ -11,8 +11,8 @@ from loguru import logger
 from instrument import _metrics, _pricing
 from instrument._context import _current
 from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
-from instrument._logging import redact
 from instrument._observe import TracedObserver, log_enabled, resolve_metrics
+from instrument._redact import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -224,11 +224,12 @@ class ProviderCall(TracedObserver):
         if key in _warned_unpriced or len(_warned_unpriced) >= _MAX_WARNED:
             return
         _warned_unpriced.add(key)
-        logger.bind(event="unpriced_model", provider=key[0], model=key[1],
-                    trace_id=self.trace.trace_id).warning(
-            "no price or no usage for {provider}/{model}: its cost is not counted; "
-            "add it with instrument.load_prices() or call record_usage(cost_usd=...)",
-            provider=key[0], model=key[1])
+        if log_enabled(30):
+            logger.warning(
+                "no price or no usage for {provider}/{model}: its cost is not counted; "
+                "add it with instrument.load_prices() or call record_usage(cost_usd=...)",
+                event="unpriced_model", provider=key[0], model=key[1],
+                trace_id=self.trace.trace_id)
 
     def _log(self, status: str, exc: BaseException | None, latency: float, ttft: float | None,
              cost: float | None, result: Any) -> None:
@@ -249,9 +250,8 @@ class ProviderCall(TracedObserver):
             fields["request"] = _truncate(redact(self.kwargs or {}))
             if result is not None:
                 fields["response"] = _truncate(result)
-        level = "WARNING" if status == "error" else "INFO"
-        logger.bind(**fields).log(level, "provider call {provider}/{model} {status}",
-                                  provider=self.provider, model=self.model, status=status)
+        logger.log("WARNING" if status == "error" else "INFO",
+                   "provider call {provider}/{model} {status}", **fields)
 
 
 def _truncate(value: Any) -> Any:

@@ -67,11 +67,10 @@ def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,
         if outcome == "error":
             m.span_errors.child(name).inc()
         if log_enabled(10):
-            logger.bind(event="span", span=name, duration_ms=round(duration * 1000, 3),
-                        outcome=outcome, error_type=type(exc).__name__ if exc else None,
-                        trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id,
-                        attributes=attributes).debug(
-                "span {span} {outcome}", span=name, outcome=outcome)
+            logger.debug("span {span} {outcome}", event="span", span=name,
+                         duration_ms=round(duration * 1000, 3), outcome=outcome,
+                         error_type=type(exc).__name__ if exc else None, trace_id=trace_id,
+                         span_id=span_id, parent_span_id=parent_span_id, attributes=attributes)
     except Exception as err:
         _metrics.report_internal_error("span", err)
 

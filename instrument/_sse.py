@@ -111,12 +111,11 @@ class SSEStream(TracedObserver):
         m.sse_closed.child(endpoint, label).inc()
         if not log_enabled(20):
             return
-        logger.bind(event="sse_stream", endpoint=endpoint, outcome=label,
-                    duration_ms=round(duration * 1000, 3), events=self.events,
-                    heartbeats=self.heartbeats,
+        logger.info("SSE stream {endpoint} ended: {outcome}", event="sse_stream",
+                    endpoint=endpoint, outcome=label, duration_ms=round(duration * 1000, 3),
+                    events=self.events, heartbeats=self.heartbeats,
                     error_type=type(exc).__name__ if outcome == ERROR and exc else None,
-                    trace_id=self.trace.trace_id, span_id=self.trace.span_id).info(
-            "SSE stream {endpoint} ended: {outcome}", endpoint=endpoint, outcome=label)
+                    trace_id=self.trace.trace_id, span_id=self.trace.span_id)
 
 
 class HeartbeatStream(AsyncStream):

@@ -32,14 +32,17 @@ def registry() -> Iterator[CollectorRegistry]:
 
 @pytest.fixture(autouse=True)
 def _clean_loguru() -> Iterator[None]:
-    """No sink, no patcher, and the stdlib root logger as it was (configure_logging changes it)."""
+    """No sink, no patcher, the toolkit's records disabled (as a fresh import leaves them), and
+    the stdlib root logger as it was (configure_logging changes it)."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     logger.remove()
     yield
     logger.remove()
     logger.configure(patcher=None)
+    logger.disable("instrument")  # as after import: silent until a test opts in
     _logging._sink_id = None
+    _logging._sink = None
     root.handlers[:] = handlers
     root.setLevel(level)
 

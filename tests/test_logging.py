@@ -239,9 +239,8 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_importing_and_using_instrument_adds_no_sink() -> None:
+def test_importing_and_using_instrument_adds_no_sink_and_says_nothing() -> None:
     result = run_python("""
-        import sys
         from loguru import logger
         before = set(logger._core.handlers)
         import instrument
@@ -250,24 +249,16 @@ def test_importing_and_using_instrument_adds_no_sink() -> None:
                 pass
         after = set(logger._core.handlers)
         assert before == after, (before, after)
-        logger.remove()  # the application silences loguru: the toolkit must stay silent too
-        sys.stderr.write("--silenced--\\n")
-        with instrument.trace_span("quiet"):
-            with instrument.use_trace_id("bad id\\n"):
-                m = instrument.configure(max_label_values=1)
-                m.cache_hits.child("a").inc()
-                m.cache_hits.child("b").inc()
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
-    loud, silenced = result.stderr.split("--silenced--\n")
-    assert "rejected an invalid trace ID" in loud  # loguru's own default handler, not ours
-    assert silenced == ""
+    assert result.stderr == ""  # loguru's default handler is there, but instrument is disabled
 
 
 def test_events_carry_their_fields_to_a_sink_the_application_installs() -> None:
     records: list[dict[str, Any]] = []
     logger.add(lambda message: records.append(message.record["extra"]), level="DEBUG")
+    logger.enable("instrument")
     with use_trace_id("not valid!"):
         pass
     (extra,) = [r for r in records if r.get("event") == "invalid_trace_id"]

@@ -310,3 +310,62 @@ def test_each_bucket_gets_an_exemplar_refreshed_at_most_every_interval(
     child.observe(0.0004, {"trace_id": "later"})
     assert _exemplars(registry, name)["0.0005"] == "later"
     assert value(registry, "cache_lookup_duration_seconds_count", cache="answers") == 4
+
+
+# --- hostile label values ------------------------------------------------------------------
+
+HOSTILE = "\ud800x" + "\udfff" * 3 + "y" * 300  # lone surrogates (any decoded body), too long
+
+
+class Hostile(Exception):
+    error_type = "bad\udc80type"
+
+
+def test_hostile_label_values_in_every_label_leave_both_scrape_formats_working(
+        registry: CollectorRegistry) -> None:
+    """A label value that cannot be encoded would make every later scrape raise: each label a
+    caller can reach is made safe as it is bound (U+FFFD for bad code points, 128 chars)."""
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as parse_openmetrics,
+    )
+
+    from instrument._http import ServerRequest
+
+    @instrument.track_provider(HOSTILE, HOSTILE)
+    def call() -> str:
+        raise Hostile("no")
+
+    @instrument.track_sse(HOSTILE)
+    def stream() -> Any:
+        yield "event"
+
+    with pytest.raises(Hostile):
+        call()
+    list(stream())
+    instrument.record_cache(HOSTILE, True, 0.001)
+    with trace_span(HOSTILE):
+        pass
+    req = ServerRequest("G\ud800T", "/p", {})
+    req.enter()
+    req.set_route(HOSTILE)
+    req.response_started(200)
+    req.finish()
+    req.exit()
+
+    text = generate_latest(registry).decode()
+    om = openmetrics(registry).decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    list(parse_openmetrics(om))
+    safe = "\ufffdx" + "\ufffd" * 3 + "y" * 123
+    assert len(safe) == 128
+    for name, label in (("provider_requests_total", "provider"),
+                        ("provider_requests_total", "model"),
+                        ("provider_errors_total", "error_type"),
+                        ("sse_connections_total", "endpoint"), ("cache_hits_total", "cache"),
+                        ("span_duration_seconds_count", "span"),
+                        ("http_requests_total", "route"), ("http_requests_total", "method")):
+        values = {s.labels[label] for s in samples if s.name == name}
+        expected = {"G\ufffdT"} if label == "method" else (
+            {"bad\ufffdtype"} if label == "error_type" else {safe})
+        assert values == expected, (name, label, values)
