@@ -7,7 +7,7 @@ A request ends with its response body (streamed bodies are timed to their end); 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import Context, copy_context
+from contextvars import Context, Token, copy_context
 from typing import Any
 
 try:
@@ -21,7 +21,7 @@ except ImportError as exc:
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import _current, make_context
+from instrument._context import TraceContext, _current, make_context
 from instrument._exposition import make_wsgi_app
 from instrument._http import ServerRequest, current_request
 from instrument._metrics import gunicorn_child_exit  # the documented import path for gunicorn
@@ -40,7 +40,7 @@ class _Response:
     """One request's ``start_response`` (for the app) and body (for the server)."""
 
     __slots__ = ("_closed", "_context", "_exhausted", "_headers", "_inner", "_req",
-                 "_start_response")
+                 "_server_token", "_start_response")
 
     def __init__(self, req: ServerRequest, start_response: StartResponse,
                  context: Context) -> None:
@@ -49,6 +49,7 @@ class _Response:
         self._context = context
         self._inner: Iterable[bytes] = ()
         self._exhausted = self._closed = False
+        self._server_token: Token[TraceContext | None] | None = None
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Any:
@@ -108,8 +109,16 @@ class _Response:
                 req.client_disconnected()
             req.finish()
         inner, self._inner = self._inner, ()  # a server's file wrapper refers back to us
-        if (close := getattr(inner, "close", None)) is not None:
-            self._context.run(close)  # call_on_close work: after the clock, in the trace
+        try:
+            if (close := getattr(inner, "close", None)) is not None:
+                self._context.run(close)  # call_on_close work: after the clock, in the trace
+        finally:
+            if (token := self._server_token) is not None:
+                self._server_token = None
+                try:
+                    _current.reset(token)
+                except ValueError:  # closed from another context: nothing to restore
+                    pass
 
     def __del__(self) -> None:  # never closed by the server: count it, leave contexts alone
         if not getattr(self, "_closed", True):
@@ -180,8 +189,13 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
         # the trace is bound there once (never reset: the context is dropped with the
         # response) and the server's context is never touched.
         context = copy_context()
-        context.run(_current.set, make_context((req.trace_id, req.span_id, None, req)))
+        trace = make_context((req.trace_id, req.span_id, None, req))
+        context.run(_current.set, trace)
         response = _Response(req, start_response, context)
+        if "werkzeug.socket" in environ:
+            # werkzeug's development server writes its access line from its own context, as
+            # the body starts: bound there too (until close) so that line carries the trace.
+            response._server_token = _current.set(trace)
         try:
             inner = response._inner = context.run(wsgi_app, environ, response.start_response)
         except BaseException as err:  # PROPAGATE_EXCEPTIONS: the server makes the 500

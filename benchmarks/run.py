@@ -6,6 +6,7 @@ import argparse
 import json
 
 from benchmarks import adapters, decorators
+from benchmarks import logging as logging_bench
 
 
 def main() -> None:
@@ -13,12 +14,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny counts: proves it runs")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args()
-    results = {"decorators": decorators.main(args.quick), "adapters": adapters.main(args.quick)}
+    results = {"decorators": decorators.main(args.quick), "adapters": adapters.main(args.quick),
+               "logging": logging_bench.main(args.quick)}
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(decorators.report(results["decorators"]))
         print(adapters.report(results["adapters"]))
+        print(logging_bench.report(results["logging"]))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from loguru import logger
-
 from instrument import _metrics
 from instrument._engine import OK, Observer, instrument_callable, kind_of
+from instrument._loggate import emit
 from instrument._observe import log_enabled, resolve_metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,11 +41,16 @@ class CacheLookup(Observer):
 
 def _count(m: _metrics.Metrics, cache: str, hit: bool, duration: float | None) -> None:
     (m.cache_hits if hit else m.cache_misses).child(cache).inc()
-    if not log_enabled(10):
-        return
-    logger.debug("cache {cache} {result}", event="cache", cache=cache, hit=hit,
-                 result="hit" if hit else "miss",
-                 latency_ms=round(duration * 1000, 3) if duration is not None else None)
+    if log_enabled(10):
+        log_lookup(cache, hit, duration)
+
+
+def log_lookup(cache: str, hit: bool, duration: float | None) -> None:
+    """A lookup's one log line, at DEBUG."""
+    result = "hit" if hit else "miss"
+    emit("DEBUG", f"cache {cache} {result}", {
+        "event": "cache", "cache": cache, "hit": hit, "result": result,
+        "latency_ms": round(duration * 1000, 3) if duration is not None else None})
 
 
 def record_cache(cache: str, hit: bool, duration: float | None = None, *,

@@ -12,9 +12,7 @@ from contextvars import ContextVar
 from functools import partial
 from typing import Any, NamedTuple
 
-from loguru import logger
-
-from instrument._loggate import log_enabled
+from instrument._loggate import emit, log_enabled
 
 
 class TraceContext(NamedTuple):
@@ -103,6 +101,6 @@ def accept_trace_id(value: object) -> str:
         return value  # type: ignore[return-value]
     replacement = new_trace_id()
     if log_enabled(30):
-        logger.warning("rejected an invalid trace ID; started a new trace",
-                       event="invalid_trace_id", rejected=safe_repr(value), trace_id=replacement)
+        emit("WARNING", "rejected an invalid trace ID; started a new trace",
+             {"event": "invalid_trace_id", "rejected": safe_repr(value), "trace_id": replacement})
     return replacement

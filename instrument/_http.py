@@ -11,8 +11,6 @@ from contextvars import Token
 from time import perf_counter
 from typing import Any, Protocol
 
-from loguru import logger
-
 from instrument import _metrics
 from instrument._context import (
     TraceContext,
@@ -23,7 +21,7 @@ from instrument._context import (
     new_span_id,
     new_trace_id,
 )
-from instrument._loggate import log_enabled
+from instrument._loggate import emit, log_enabled
 from instrument._propagation import TRACE_HEADER, TRACEPARENT, extract_checked, trace_headers
 from instrument._served import Series
 
@@ -192,10 +190,10 @@ class ServerRequest:
                 return
             token = _current.set(self.trace)
             try:
-                logger.opt(exception=exc).error(
-                    "unhandled exception after the response to {method} {path}",
-                    event="unhandled_exception", method=self.method,
-                    route=self.route or UNMATCHED, path=self.path, after_response=True)
+                emit("ERROR", f"unhandled exception after the response to {self.method} "
+                     f"{self.path}", {"event": "unhandled_exception", "method": self.method,
+                                      "route": self.route or UNMATCHED, "path": self.path,
+                                      "after_response": True}, exc)
             except Exception as err:
                 _metrics.report_internal_error("http_late_error", err)
             finally:
@@ -232,14 +230,15 @@ class ServerRequest:
     def _log(self, route: str, status: int, elapsed: float, failed: bool) -> None:
         method, trace_id, span_id = self.method, self.trace_id, self.span_id
         if failed and log_enabled(40):
-            logger.opt(exception=self.error).error(
-                "unhandled exception while serving {method} {path}", event="unhandled_exception",
-                method=method, route=route, path=self.path, trace_id=trace_id, span_id=span_id)
+            emit("ERROR", f"unhandled exception while serving {method} {self.path}", {
+                "event": "unhandled_exception", "method": method, "route": route,
+                "path": self.path, "trace_id": trace_id, "span_id": span_id}, self.error)
         if self.access_log and log_enabled(20):
-            logger.info("{method} {path} {status}", event="request", method=method, route=route,
-                        path=self.path, status=status, latency_ms=round(elapsed * 1000, 3),
-                        bytes=self.bytes_sent, client=self.client, trace_id=trace_id,
-                        span_id=span_id)
+            emit("INFO", f"{method} {self.path} {status}", {
+                "event": "request", "method": method, "route": route, "path": self.path,
+                "status": status, "latency_ms": round(elapsed * 1000, 3),
+                "bytes": self.bytes_sent, "client": self.client, "trace_id": trace_id,
+                "span_id": span_id})
 
     # -- SSE responses not produced by a @track_sse generator ------------------------
     def _open_fallback_stream(self) -> None:

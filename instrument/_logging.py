@@ -15,6 +15,7 @@ installed, else the standard library; the line is the same).
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from datetime import timezone
 from types import FrameType
 from typing import Any, TextIO
 
@@ -30,7 +32,7 @@ from loguru import logger
 from instrument import _loggate, _metrics
 from instrument._context import _current
 from instrument._logqueue import LineQueue
-from instrument._redact import REDACTED, is_secret_key, redact, scrub
+from instrument._redact import REDACTED, is_secret_key, needs_scrub, redact, scrub
 
 orjson: Any
 try:  # the [orjson] extra: the same line, about ten times faster to serialise
@@ -40,82 +42,135 @@ except ImportError:  # pragma: no cover - exercised by the stdlib encoder tests
 
 __all__ = ["InterceptHandler", "configure_logging", "redact", "render"]
 
-_RESERVED = frozenset({"timestamp", "level", "message", "logger", "trace_id", "span_id"})
-_SCALARS = frozenset({int, float, bool, type(None)})
+_RESERVED = ("timestamp", "level", "message", "logger", "trace_id", "span_id")
 # Framework loggers that install their own handlers; we route them to loguru too.
 _FRAMEWORK_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error",
                       "gunicorn.access", "werkzeug", "aiohttp.access", "aiohttp.server",
                       "httpx", "flask.app")
-# Characters str.splitlines() breaks on that orjson (unlike ensure_ascii) writes raw.
-_LINE_BREAKS = ("\u2028", "\u2029", "\x85")
 
-_STDLIB = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+def _foreign(value: Any) -> Any:
+    """A value JSON has no type for (an object, a set, bytes): its redacted form."""
+    return redact(value)
+
+
+_STDLIB = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_foreign)
 
 
 def _dumps_stdlib(obj: dict[str, Any]) -> str:
     # ensure_ascii escapes every control and non-ASCII character: no input can
     # end the line early or smuggle a forged one in.
-    return _STDLIB.encode(obj)
+    return _STDLIB.encode(obj) + "\n"
 
 
 def _dumps_orjson(obj: dict[str, Any]) -> str:
     try:
-        line: str = orjson.dumps(obj, default=str).decode()
+        line: str = orjson.dumps(obj, default=_foreign, option=_ORJSON_OPTIONS).decode()
     except Exception:  # lone surrogates, non-str keys, huge ints: the stdlib copes
-        return _STDLIB.encode(obj)
-    if "\u2028" in line or "\u2029" in line or "\x85" in line:
-        return _STDLIB.encode(obj)
+        return _dumps_stdlib(obj)
+    # orjson escapes control characters but writes the rest of Unicode raw, and
+    # str.splitlines() also breaks on these three
+    if not line.isascii() and ("\u2028" in line or "\u2029" in line or "\x85" in line):
+        return _dumps_stdlib(obj)
     return line
 
 
+if orjson is not None:
+    # subclasses of str, dict, ... go through _foreign, as the standard library's would not
+    _ORJSON_OPTIONS = (orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_SUBCLASS
+                       | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME)
+
+#: One JSON object and its newline (the values are JSON's own types: ``render`` sees to it).
 dumps: Callable[[dict[str, Any]], str] = _dumps_orjson if orjson is not None else _dumps_stdlib
-
-# -- timestamps -------------------------------------------------------------------------------
-
-_stamp_second = -1
-_stamp_prefix = ""
-
-
-def _timestamp(moment: Any) -> str:
-    """ISO 8601 in UTC with microseconds, ``2026-12-03T09:40:01.123456Z``."""
-    global _stamp_second, _stamp_prefix
-    second = int(moment.timestamp())
-    if second != _stamp_second:  # once a second, not once a line
-        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _stamp_second = second
-        return f"{_stamp_prefix}.{moment.microsecond:06d}Z"
-    return f"{_stamp_prefix}.{moment.microsecond:06d}Z"
-
 
 # -- one record, one line -------------------------------------------------------------------
 
-def _line_needs_scrub(line: str) -> bool:
-    # As rendered, a quote inside a value is escaped (\"), so '\":' is a quoted name inside
-    # a value, where '":' alone is just the line's own structure.
-    return ("=" in line or "sk-" in line or "earer " in line or "asic " in line
-            or "':" in line or '\\":' in line or "EARER " in line or "ASIC " in line)
+_AS_IS = frozenset({str, int, float, bool, type(None)})
+# "000" .. "999": a timestamp's microseconds as two table lookups, not a format call.
+_DIGITS3 = tuple(f"{i:03d}" for i in range(1000))
+_MAX_PLANS = 1024
+
+
+class _Plan:
+    """What to do with the ``extra`` fields of records that have these names (in this order):
+    decided once per set of names, which in a program is a small set."""
+
+    __slots__ = ("reserved", "secret")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.secret = tuple(n for n in names if n not in _RESERVED and is_secret_key(n))
+        # bound under a name of the line's own: the line's value is put back over it
+        self.reserved = any(n in ("timestamp", "level", "message", "logger") for n in names)
+
+
+_plans: dict[tuple[str, ...], _Plan] = {}
+
+
+def _plan(names: tuple[str, ...]) -> _Plan:
+    plan = _plans.get(names)
+    if plan is None:
+        plan = _Plan(names)
+        if len(_plans) < _MAX_PLANS:  # names can come from callers: bounded
+            _plans[names] = plan
+    return plan
+
+
+class _Clock:
+    """A record's time in UTC, read off its ``elapsed`` (a plain timedelta, cheap to read)
+    since loguru's start time: ``base_s``/``base_us`` are that start in UTC, and ``prefix``
+    the ``YYYY-MM-DDTHH:MM:SS.`` of the second last seen, made once a second."""
+
+    base_s = base_us = 0
+    second = -1
+    prefix = ""
+
+    @classmethod
+    def miss(cls, record: Any, second: int) -> str:
+        """A new second: check it against the record's own clock, and format it."""
+        moment = record["time"]
+        if int(moment.timestamp()) != second:  # a first record, or loguru counts differently
+            start = (moment - record["elapsed"]).astimezone(timezone.utc)
+            cls.base_s, cls.base_us = calendar.timegm(start.timetuple()), start.microsecond
+            elapsed = record["elapsed"]
+            micro = cls.base_us + elapsed.microseconds
+            second = cls.base_s + elapsed.days * 86400 + elapsed.seconds + micro // 1_000_000
+        cls.second = second
+        cls.prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return cls.prefix
 
 
 def render(record: Any) -> str:
-    """A loguru record as one JSON object on one line, secrets redacted (no newline)."""
+    """A loguru record as one JSON object on one line (with its newline), secrets redacted.
+
+    Text is scrubbed (``_redact.scrub``) when the message shows anything that could be a
+    secret, or the line a ``name=value`` pair or a key shape; other values are scrubbed where
+    they are nested, and written as they are when top-level text (their names decide).
+    """
     extra = record["extra"]
-    obj: dict[str, Any] = {
-        "timestamp": _timestamp(record["time"]),
+    elapsed, clock = record["elapsed"], _Clock
+    micro = clock.base_us + elapsed.microseconds
+    second = clock.base_s + elapsed.days * 86400 + elapsed.seconds
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        second += 1
+    prefix = clock.prefix if second == clock.second else clock.miss(record, second)
+    message = record["message"]
+    obj = {
+        "timestamp": prefix + _DIGITS3[micro // 1000] + _DIGITS3[micro % 1000] + "Z",
         "level": record["level"].name,
-        "message": record["message"],
+        "message": message,
         "logger": extra.get("logger") or record["name"],
         "trace_id": extra.get("trace_id"),
         "span_id": extra.get("span_id"),
     }
-    for key, value in extra.items():
-        if key in _RESERVED:
-            continue
-        if is_secret_key(key):
-            obj[key] = REDACTED
-        elif type(value) is str or type(value) in _SCALARS:
-            obj[key] = value  # text is scrubbed below if the line shows a reason to
-        else:
-            obj[key] = redact(value)
+    plan = _plans.get(names := tuple(extra)) or _plan(names)
+    if plan.reserved:  # a field under one of the line's own names: the line's value wins
+        head = dict(obj)
+        obj.update(extra)
+        obj.update(head)
+    else:
+        obj.update(extra)  # after the head, in the fields' order: C speed, no Python loop
+    for name in plan.secret:
+        obj[name] = REDACTED
     exc = record["exception"]
     if exc is not None and exc.type is not None:
         obj["exception"] = {
@@ -124,11 +179,21 @@ def render(record: Any) -> str:
             "traceback": scrub("".join(traceback.format_exception(exc.type, exc.value,
                                                                   exc.traceback))),
         }
-    line = dumps(obj)
-    if _line_needs_scrub(line):
-        for key, value in obj.items():
-            if type(value) is str and key not in ("timestamp", "level"):
-                obj[key] = scrub(value)
+    try:
+        line = dumps(obj)  # objects JSON has no type for are redact()ed on the way (_foreign)
+    except Exception:  # a cycle, a key JSON cannot take: redacted copies, made below, can
+        line = ""
+    # A nested mapping or list shows as '":{' or '":[' (inside a string a quote is escaped):
+    # only then are the fields walked, so that nested secrets are redacted too.
+    if (not line or '":{' in line or '":[' in line or needs_scrub(message) or "=" in line
+            or "sk-" in line):
+        for name, value in obj.items():
+            kind = type(value)
+            if kind is str:
+                if name != "timestamp":
+                    obj[name] = scrub(value)
+            elif kind not in _AS_IS and name not in plan.secret:
+                obj[name] = redact(value)
         line = dumps(obj)
     return line
 
@@ -138,10 +203,6 @@ def _exception_text(value: BaseException | None) -> str:
         return str(value)
     except Exception:
         return f"<exception str() failed: {type(value).__name__}>"
-
-
-def _render_json(message: Any) -> str:
-    return render(message.record) + "\n"
 
 
 def _render_text(message: Any) -> str:
@@ -160,37 +221,37 @@ class _Sink:
     stderr, without the record's fields.
     """
 
-    def __init__(self, out: Any, queue_size: int, render: Callable[[Any], str]) -> None:
-        self._render = render
+    def __init__(self, out: Any, queue_size: int, json: bool) -> None:
+        self._json = json
         if hasattr(out, "write"):
-            stream = out
-            flush = getattr(stream, "flush", None)
-
-            def write(text: str) -> None:
-                stream.write(text)
-                if flush is not None:
-                    flush()
-
-            self._out: Callable[[str], None] = write
+            self._write: Callable[[str], Any] = out.write
+            self._flush: Callable[[], Any] | None = getattr(out, "flush", None)
         else:
-            self._out = out  # a callable taking one finished line
+            self._write, self._flush = out, None  # a callable taking one finished line
         self._queue = (LineQueue(self._guarded_write, queue_size, self._dropped)
                        if queue_size else None)
 
     def write(self, message: Any) -> None:
         try:
-            line = self._render(message)
+            line = render(message.record) if self._json else _render_text(message)
         except Exception as exc:
             _metrics.report_internal_error("log_render", exc, via_logger=False)
             return
         if self._queue is not None:
             self._queue.put(line)
-        else:
-            self._guarded_write(line)
+            return
+        try:  # _guarded_write, inlined: this runs for every line
+            self._write(line)
+            if self._flush is not None:
+                self._flush()
+        except Exception as exc:
+            _metrics.report_internal_error("log_sink", exc, via_logger=False)
 
     def _guarded_write(self, text: str) -> None:
         try:
-            self._out(text)
+            self._write(text)
+            if self._flush is not None:
+                self._flush()
         except Exception as exc:
             # Not through loguru: its handlers are not re-entrant, so logging from
             # inside a sink only produces loguru's own error dump.
@@ -303,7 +364,7 @@ def configure_logging(level: str | int = "INFO", *, json: bool = True,
             pass
     _sink_id = _sink = None
     logger.configure(patcher=_patch)
-    _sink = _Sink(sink, queue_size, _render_json if json else _render_text)
+    _sink = _Sink(sink, queue_size, json)
     # A JSON line is rendered by the sink itself: loguru's own format step is left empty.
     _sink_id = logger.add(_sink, level=level, format="" if json else _text_format,
                           colorize=False, backtrace=False, diagnose=False, catch=True)

@@ -19,14 +19,13 @@ from collections.abc import Iterable
 from time import monotonic
 from typing import Any, cast
 
-from loguru import logger
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
 from instrument._context import _current
-from instrument._loggate import log_enabled
+from instrument._loggate import emit, log_enabled
 from instrument._served import ServedRequests, TraceCount
 
 DEFAULT_MAX_LABEL_VALUES = 100
@@ -262,10 +261,10 @@ class Metrics:
             self.internal_errors.child("registry").inc(len(self.clashes))
             if "registry" not in _reported and log_enabled(40):
                 _reported.add("registry")
-                logger.error("instrument: {names} already registered by another collector; the "
-                             "toolkit's own are not exposed (the application is unaffected)",
-                             names=", ".join(self.clashes), event="instrument_internal_error",
-                             where="registry", metrics=list(self.clashes))
+                emit("ERROR", f"instrument: {', '.join(self.clashes)} already registered by "
+                     "another collector; the toolkit's own are not exposed (the application "
+                     "is unaffected)", {"event": "instrument_internal_error",
+                                        "where": "registry", "metrics": list(self.clashes)})
         except Exception:
             pass
 
@@ -297,9 +296,10 @@ class Metrics:
         key = (metric, label)
         if key not in self._warned and log_enabled(30):
             self._warned.add(key)
-            logger.warning("label {label} of {metric} reached {limit} values; new values are "
-                           "recorded as 'other'", event="label_overflow", metric=metric,
-                           label=label, limit=self.max_label_values)
+            emit("WARNING", f"label {label} of {metric} reached {self.max_label_values} values; "
+                 "new values are recorded as 'other'", {
+                     "event": "label_overflow", "metric": metric, "label": label,
+                     "limit": self.max_label_values})
 
 
 def valid_text(value: str) -> str:
@@ -407,9 +407,9 @@ def report_internal_error(where: str, exc: BaseException, *, via_logger: bool = 
             if not log_enabled(40):
                 return  # not opted in: counted only (reported once the application opts in)
             _reported.add(where)
-            logger.opt(exception=exc).error(
-                "instrument: internal error in {where} (swallowed; the application is unaffected)",
-                event="instrument_internal_error", where=where, error_type=type(exc).__name__)
+            emit("ERROR", f"instrument: internal error in {where} (swallowed; the application "
+                 "is unaffected)", {"event": "instrument_internal_error", "where": where,
+                                    "error_type": type(exc).__name__}, exc)
         else:
             _reported.add(where)
             sys.stderr.write(json.dumps({
@@ -425,7 +425,7 @@ def report_internal_error(where: str, exc: BaseException, *, via_logger: bool = 
 def _say_once(key: str, message: str) -> None:
     if key not in _reported and log_enabled(20):
         _reported.add(key)
-        logger.info(message, event="instrument_notice")  # our own constants: no braces
+        emit("INFO", message, {"event": "instrument_notice"})
 
 
 def _per_namespace(registry: CollectorRegistry) -> dict[str, Metrics]:

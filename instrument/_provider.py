@@ -6,11 +6,10 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from loguru import logger
-
 from instrument import _metrics, _pricing
 from instrument._context import _current
 from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
+from instrument._loggate import emit
 from instrument._observe import TracedObserver, log_enabled, resolve_metrics
 from instrument._redact import redact
 
@@ -225,11 +224,11 @@ class ProviderCall(TracedObserver):
             return
         _warned_unpriced.add(key)
         if log_enabled(30):
-            logger.warning(
-                "no price or no usage for {provider}/{model}: its cost is not counted; "
-                "add it with instrument.load_prices() or call record_usage(cost_usd=...)",
-                event="unpriced_model", provider=key[0], model=key[1],
-                trace_id=self.trace.trace_id)
+            emit("WARNING", f"no price or no usage for {key[0]}/{key[1]}: its cost is not "
+                 "counted; add it with instrument.load_prices() or call "
+                 "record_usage(cost_usd=...)", {"event": "unpriced_model", "provider": key[0],
+                                                "model": key[1],
+                                                "trace_id": self.trace.trace_id})
 
     def _log(self, status: str, exc: BaseException | None, latency: float, ttft: float | None,
              cost: float | None, result: Any) -> None:
@@ -250,8 +249,8 @@ class ProviderCall(TracedObserver):
             fields["request"] = _truncate(redact(self.kwargs or {}))
             if result is not None:
                 fields["response"] = _truncate(result)
-        logger.log("WARNING" if status == "error" else "INFO",
-                   "provider call {provider}/{model} {status}", **fields)
+        emit("WARNING" if status == "error" else "INFO",
+             f"provider call {self.provider}/{self.model} {status}", fields)
 
 
 def _truncate(value: Any) -> Any:

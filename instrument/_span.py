@@ -9,11 +9,10 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, TypeVar
 
-from loguru import logger
-
 from instrument import _metrics
 from instrument._context import TraceContext, _current, accept_trace_id, new_span_id, new_trace_id
 from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable, outcome_for
+from instrument._loggate import emit
 from instrument._observe import TracedObserver, log_enabled
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,10 +66,11 @@ def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,
         if outcome == "error":
             m.span_errors.child(name).inc()
         if log_enabled(10):
-            logger.debug("span {span} {outcome}", event="span", span=name,
-                         duration_ms=round(duration * 1000, 3), outcome=outcome,
-                         error_type=type(exc).__name__ if exc else None, trace_id=trace_id,
-                         span_id=span_id, parent_span_id=parent_span_id, attributes=attributes)
+            emit("DEBUG", f"span {name} {outcome}", {
+                "event": "span", "span": name, "duration_ms": round(duration * 1000, 3),
+                "outcome": outcome, "error_type": type(exc).__name__ if exc else None,
+                "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent_span_id,
+                "attributes": attributes})
     except Exception as err:
         _metrics.report_internal_error("span", err)
 

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from loguru import logger
-
 from instrument import _metrics
 from instrument._engine import (
     CLOSED,
@@ -22,6 +20,7 @@ from instrument._engine import (
     outcome_for,
 )
 from instrument._http import current_request
+from instrument._loggate import emit
 from instrument._observe import TracedObserver, log_enabled, resolve_metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,13 +108,17 @@ class SSEStream(TracedObserver):
         m.sse_active.child(endpoint).dec()
         m.sse_duration.child(endpoint).observe_trace(duration, self.trace.trace_id)
         m.sse_closed.child(endpoint, label).inc()
-        if not log_enabled(20):
-            return
-        logger.info("SSE stream {endpoint} ended: {outcome}", event="sse_stream",
-                    endpoint=endpoint, outcome=label, duration_ms=round(duration * 1000, 3),
-                    events=self.events, heartbeats=self.heartbeats,
-                    error_type=type(exc).__name__ if outcome == ERROR and exc else None,
-                    trace_id=self.trace.trace_id, span_id=self.trace.span_id)
+        if log_enabled(20):
+            self.log_end(label, duration, exc if outcome == ERROR else None)
+
+    def log_end(self, label: str, duration: float, exc: BaseException | None) -> None:
+        """The stream's one log line, at INFO."""
+        emit("INFO", f"SSE stream {self.endpoint} ended: {label}", {
+            "event": "sse_stream", "endpoint": self.endpoint, "outcome": label,
+            "duration_ms": round(duration * 1000, 3), "events": self.events,
+            "heartbeats": self.heartbeats,
+            "error_type": type(exc).__name__ if exc is not None else None,
+            "trace_id": self.trace.trace_id, "span_id": self.trace.span_id})
 
 
 class HeartbeatStream(AsyncStream):

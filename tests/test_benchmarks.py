@@ -20,15 +20,21 @@ def test_benchmarks_run_and_report_every_figure() -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout)
-    dec, ada = results["decorators"], results["adapters"]
+    dec, ada, log = results["decorators"], results["adapters"], results["logging"]
     assert set(dec) == {"provider_call", "sync_stream", "async_stream", "memory"}
     assert {"bare_us", "hand_added_us", "decorated_added_us", "ratio"} <= set(dec["provider_call"])
     for framework, alternative in (("fastapi", "instrumentator"), ("flask", "exporter")):
         figures = ada[framework]
-        assert {"bare_us", "ours_added_us", "ours_access_log_added_us",
-                f"{alternative}_added_us", "ratio", "floor_added_us", "floor_ratio",
-                "ours_no_trace_header_added_us"} <= set(figures)
+        assert {"bare_us", "ours_added_us", "ours_default_added_us", "ours_access_log_added_us",
+                "ours_access_log_devnull_added_us", f"{alternative}_added_us", "ratio",
+                "access_log_ratio", "access_log_devnull_ratio", "floor_added_us",
+                "floor_ratio", "ours_no_trace_header_added_us"} <= set(figures)
         assert all(isinstance(v, float) for v in figures.values())
+    events = ("access", "provider", "sse", "cache")
+    assert {"loguru_floor_us", "stdlib_json_us", "structlog_orjson_us"} <= set(log)
+    for encoder in ("stdlib", "orjson"):
+        assert {f"ours_{e}_{encoder}_ratio" for e in events} <= set(log)
+    assert out.stderr == ""  # nothing logged before opt-in: loguru's default handler is on
 
 
 def test_the_floor_middlewares_do_what_they_stand_for() -> None:

@@ -77,6 +77,7 @@ def boom():
     raise ValueError("handler failed")
 app.logger.disabled = True  # Flask's own traceback is not ours to test
 instrument_app(app)
+started.clear()  # what the import did once (the toolkit's own logger) is not per call
 
 with instrument.use_trace_id("not a valid id!"):
     call()
@@ -128,8 +129,7 @@ def test_logger_enable_is_an_opt_in_too() -> None:
                   "SSE stream /stream ended: completed", "GET /ok 200",
                   "unhandled exception while serving GET /boom"):
         assert event in result.stderr, event
-    assert {"info from instrument._http", "opt from instrument._http",
-            "log from instrument._provider"} <= set(started)
+    assert {"log from instrument._loggate", "opt from instrument._loggate"} <= set(started)
 
 
 # --- levels ---------------------------------------------------------------------------------

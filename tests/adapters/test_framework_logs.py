@@ -1,6 +1,7 @@
-"""No secret reaches the JSON log through a served request: keys planted in an unhandled
-exception's message, in a query string the server's own access line repeats, and in a URL
-the httpx client logs. Each framework under its real server, its own logging routed in."""
+"""A served request's log lines, the framework's own routed in, each framework under its real
+server: no secret reaches the JSON log (keys planted in an unhandled exception's message, in
+a query string the server's access line repeats, in a URL the httpx client logs), and the
+server's access line carries the request's trace ID."""
 
 from __future__ import annotations
 
@@ -149,3 +150,17 @@ def test_httpx_request_lines_have_their_query_secrets_replaced(logs: LogCapture)
     assert line["message"].startswith("HTTP Request: GET http://llm.local/v1/generate?")
     assert "key=[REDACTED]" in line["message"] and "alt=sse" in line["message"]
     assert_no_secret(logs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_the_servers_own_access_line_carries_the_trace_id(framework: str,
+                                                          logs: LogCapture) -> None:
+    access_logger = ACCESS_LOGGER[framework]
+    with SERVERS[framework]() as url, httpx.Client(base_url=url, timeout=10) as client:
+        for trace in ("access-line-1", "access-line-2"):
+            assert client.get("/ok", headers={"X-Trace-ID": trace}).status_code == 200
+        lines = wait_until(lambda: len([r for r in logs.records
+                                        if r["logger"] == access_logger]) == 2 and
+                           [r for r in logs.records if r["logger"] == access_logger])
+    assert [r["trace_id"] for r in lines] == ["access-line-1", "access-line-2"]
