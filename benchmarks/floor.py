@@ -9,7 +9,9 @@ in a histogram. Nothing else: no ``traceparent``, no exemplars, no access log,
 no error counts, no SSE handling, no 499s, no label bounds, no exposition.
 
 What one of these adds to a bare app, measured in the same run as ours, is the
-floor under any design's cost inside that framework.
+floor under any design's cost inside that framework. With ``LoggedCounts`` a
+request also writes one bare loguru line (``{message}``, to a sink that drops
+it): the floor under any access log kept with loguru.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
+
+from loguru import logger
 
 from instrument._catalog import HTTP_BUCKETS
 
@@ -59,6 +63,15 @@ class Counts:
                 histogram = self.histograms[(method, route)] = [0.0] * (len(HTTP_BUCKETS) + 2)
             histogram[bisect_left(HTTP_BUCKETS, elapsed)] += 1
             histogram[-1] += elapsed
+
+
+class LoggedCounts(Counts):
+    """``Counts`` plus the least an access log can cost: one bare loguru line per request."""
+
+    def done(self, request: object, method: str, route: str, status: int,
+             elapsed: float) -> None:
+        Counts.done(self, request, method, route, status, elapsed)
+        logger.info(f"{method} {route} {status}")
 
 
 def _trace_id(value: str | None) -> str:
