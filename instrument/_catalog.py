@@ -96,7 +96,8 @@ CATALOG: tuple[MetricSpec, ...] = (
                "Time from the start of a streaming provider call to its first item.",
                ("provider", "model"), "seconds", PROVIDER_BUCKETS),
     MetricSpec("provider_tokens_total", "counter",
-               "Tokens used, by type: input, output, cached_input (cached is part of input).",
+               "Tokens used, by type: input, output, cached_input and cache_write (parts of "
+               "input), reasoning (part of output).",
                ("provider", "model", "type"), "tokens"),
     MetricSpec("provider_inflight_requests", "gauge", "LLM provider calls in flight now.",
                ("provider",), "requests"),
@@ -106,9 +107,11 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("api_cost_usd_total", "counter", "Flat per-request API fees in US dollars.",
                ("provider",), "USD"),
     MetricSpec("provider_unpriced_requests_total", "counter",
-               "Provider calls whose cost is unknown: tokens of a model without a price, "
-               "or a successful call that reported neither usage nor a fee.",
-               ("provider", "model"), "requests"),
+               "Provider calls whose cost is unknown, by reason: no_price (tokens of a model "
+               "without a price), no_usage (a successful call that reported neither usage nor "
+               "a fee), cancelled (stopped or cancelled before its usage arrived), error "
+               "(failed after the answer had begun).",
+               ("provider", "model", "reason"), "requests"),
     # cache
     MetricSpec("cache_hits_total", "counter", "Cache lookups that hit.", ("cache",), "lookups"),
     MetricSpec("cache_misses_total", "counter", "Cache lookups that missed.", ("cache",),

@@ -13,7 +13,7 @@ from time import perf_counter
 
 from instrument import _metrics
 from instrument._engine import ERROR, OK, outcome_for
-from instrument._provider import UNKNOWN_MODEL, ProviderCall, read_usage
+from instrument._provider import UNKNOWN_MODEL, Found, ProviderCall, read_usage
 
 _MAX_BODY = 1 << 20  # never parse request bodies above 1 MiB just to find the model
 _TAIL = 1 << 15  # usage arrives in the last chunk of a stream: keep the last 32 KiB
@@ -37,7 +37,7 @@ def model_from_request(body: bytes | None) -> str:
     return model if isinstance(model, str) and model else UNKNOWN_MODEL
 
 
-def usage_from_response(data: bytes) -> tuple[int, int, int] | None:
+def usage_from_response(data: bytes) -> Found | None:
     """Usage from a JSON body, or from the last ``data:`` line of an SSE body that has one."""
     text = data.strip()
     if not text:

@@ -134,6 +134,8 @@ def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]
     tokens = ix.counter_by("provider_tokens_total", ("provider", "model", "type"))
     cost = ix.counter_by("token_cost_usd_total", ("provider", "model"))
     unpriced = ix.counter_by("provider_unpriced_requests_total", ("provider", "model"))
+    unpriced_why = ix.counter_by("provider_unpriced_requests_total",
+                                 ("provider", "model", "reason"))
     api_cost = ix.counter_by("api_cost_usd_total", ("provider",))
     for key in sorted(set(calls) | set(latency)):
         lat = latency[key].digest() if key in latency else {}
@@ -147,6 +149,8 @@ def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]
                        for t in ("input", "output", "cached_input")},
             "cost_usd": round(cost.get(key, 0.0), 6),
             "unpriced_requests": int(unpriced.get(key, 0)),
+            "unpriced_by_reason": {k[2]: int(v) for k, v in sorted(unpriced_why.items())
+                                   if k[:2] == key and v},
         })
 
     spans = []
