@@ -53,7 +53,8 @@ class Usage:
         self.reasoning = found[4] or self.reasoning
 
     def record(self, input_tokens: int, output_tokens: int, cached_input_tokens: int,
-               cost_usd: float | None, api_cost_usd: float) -> None:
+               cost_usd: float | None, api_cost_usd: float, cache_write_tokens: int = 0,
+               reasoning_tokens: int = 0) -> None:
         """Usage from ``record_usage``: it replaces what chunks said, and several calls add up.
 
         A call that passes only a flat ``api_cost_usd`` leaves token reading as it was.
@@ -65,6 +66,8 @@ class Usage:
         self.input += input_tokens
         self.output += output_tokens
         self.cached_input += cached_input_tokens
+        self.cache_write += cache_write_tokens
+        self.reasoning += reasoning_tokens
         if cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + cost_usd
         self.api_cost_usd += api_cost_usd
