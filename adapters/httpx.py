@@ -56,7 +56,7 @@ def _settings(registry: CollectorRegistry | None, providers: Mapping[str, str] |
 class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
     """One request in flight, then the response's stream: recorded once, at its end or close."""
 
-    __slots__ = ("chunks", "first", "provider", "request", "status", "stream", "trace")
+    __slots__ = ("chunks", "done", "first", "provider", "request", "status", "stream", "trace")
 
     def __init__(self, request: httpx.Request, wrapper: _Wrapper[Any]) -> None:
         self.stream: Any = None
@@ -68,10 +68,16 @@ class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
         label = host if port is None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.request = ClientRequest(request.method, label, wrapper.metrics)
         provider = wrapper.providers.get(host) if wrapper.providers else None
+        trace = self.trace
+        if (provider is not None and trace is not None and trace.usage is not None
+                and not trace.usage.closed):
+            # a decorator or an SDK integration observes this call already: counted there
+            provider = None
         self.provider = (None if provider is None
                          else _provider_call(provider, request, wrapper.metrics))
         self.status: int | None = None
         self.first = True
+        self.done = False  # the body was read to its end
 
     def attach(self, response: httpx.Response, kind: type[Any]) -> httpx.Response:
         """Take over ``response.stream``; a body already read (mocks) is recorded now."""
@@ -97,13 +103,17 @@ class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
     def end(self, exc: BaseException) -> None:
         """Reading stopped: the body's end, or an error (labelled by its type, not the status)."""
         if isinstance(exc, (StopIteration, StopAsyncIteration)):
+            self.done = True
             self.finish(self.status, None)
         else:
             self.finish(None, exc)
 
     def finish(self, status: int | None, exc: BaseException | None,
                body: bytes | None = None) -> None:
-        """Record once, with the request's own trace current (it labels the exemplar)."""
+        """Record once, with the request's own trace current (it labels the exemplar).
+
+        Before the body's end (a close, a dropped response) a provider call was abandoned.
+        """
         if self.request.finished:
             return
         token = None if _current.get() is self.trace else _current.set(self.trace)
@@ -111,7 +121,8 @@ class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
             self.request.finish(status, exc)
             if self.provider is not None:
                 try:
-                    self.provider.finish(status, exc, body)
+                    self.provider.finish(status, exc, body,
+                                         abandoned=exc is None and body is None and not self.done)
                 except Exception as err:
                     _metrics.report_internal_error("httpx_provider", err)
         finally:

@@ -12,11 +12,13 @@ import json
 from time import perf_counter
 
 from instrument import _metrics
-from instrument._engine import ERROR, OK, outcome_for
+from instrument._engine import CLOSED, ERROR, OK, outcome_for
 from instrument._provider import UNKNOWN_MODEL, Found, ProviderCall, read_usage
 
 _MAX_BODY = 1 << 20  # never parse request bodies above 1 MiB just to find the model
 _TAIL = 1 << 15  # usage arrives in the last chunk of a stream: keep the last 32 KiB
+# the last event of a complete stream: OpenAI chat, Anthropic messages, OpenAI responses
+_STREAM_ENDS = (b"[DONE]", b"message_stop", b"response.completed")
 
 
 class ProviderHTTPError(Exception):
@@ -82,7 +84,11 @@ class RawProviderCall:
         if len(self.tail) > _TAIL:
             del self.tail[:-_TAIL]
 
-    def finish(self, status: int | None, exc: BaseException | None, body: bytes | None) -> None:
+    def finish(self, status: int | None, exc: BaseException | None, body: bytes | None,
+               abandoned: bool = False) -> None:
+        """``abandoned``: the reader closed the response before its body's end; a stream
+        whose last event had arrived (an SDK stops reading there) is complete all the same.
+        """
         call = self.call
         found = usage_from_response(body if body is not None else bytes(self.tail))
         if found is not None:
@@ -93,5 +99,7 @@ class RawProviderCall:
             call.finish(outcome_for(exc), exc)
         elif status is not None and status >= 400:
             call.finish(ERROR, ProviderHTTPError(status))
+        elif abandoned and not any(end in self.tail for end in _STREAM_ENDS):
+            call.finish(CLOSED, None)
         else:
             call.finish(OK, None)
