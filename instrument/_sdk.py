@@ -13,6 +13,7 @@ the SDK uses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -281,6 +282,7 @@ def observe_stream_helper(resource: Any, operation: str, target: Target | None,
     manager_type: Callable[[Any, Observer | None], Any] = (
         AsyncManager if asynchronous else SyncManager)
 
+    @functools.wraps(method)
     def stream(*args: Any, **kwargs: Any) -> Any:
         call = None
         if target is not None:

@@ -39,6 +39,7 @@ from tests.adapters.sdk_helpers import (
 )
 from tests.conftest import LogCapture
 from tests.fakes.llm_server import FakeLLM
+from tests.helpers import free_port, value
 
 __all__ = ["fake"]  # the fixture, imported for pytest
 
@@ -139,8 +140,6 @@ def test_an_http_error_passes_through_and_is_counted_by_sdk_class(
 
 
 def test_a_connection_error_passes_through(registry: CollectorRegistry) -> None:
-    from tests.helpers import free_port
-
     with openai.OpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="sk-test",
                        max_retries=0) as made:
         with pytest.raises(openai.APIConnectionError):
@@ -395,3 +394,20 @@ def test_asyncio_task_cancel_of_a_waiting_stream_is_cancelled(
 
     asyncio.run(main())
     assert calls(registry, "openai", MINI) == {"cancelled": 1}
+
+
+def test_a_bookkeeping_failure_never_breaks_the_call(
+        client: openai.OpenAI, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch,
+        expect_internal_errors: None) -> None:
+    from instrument import _sdk
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("instrument bug")
+
+    monkeypatch.setattr(_sdk, "ProviderCall", broken)
+    assert chat(client).choices[0].message.content == "Hello world"
+    assert len(list(chat(client, stream=True))) == 5
+    with client.chat.completions.stream(model=MINI, messages=MESSAGES) as stream:
+        assert stream.get_final_completion().choices[0].message.content == "Hello world"
+    assert all_provider_calls(registry) == 0
+    assert value(registry, "instrument_internal_errors_total", where="observer_start") == 3
