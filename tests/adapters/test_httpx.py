@@ -576,3 +576,44 @@ async def test_async_mock_transport_sees_headers_and_instrumenting_twice_counts_
     assert response.content == b"one two"
     assert_trace_headers(seen[0], span)
     assert count(registry, "mock.test", "200") == 1
+
+
+# -- httpx2 (the package the current OpenAI and Anthropic SDKs use) ---------------------------
+
+def test_an_httpx2_client_gets_the_same_headers_and_metrics(upstream: Upstream,
+                                                             registry: CollectorRegistry) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+    with instrument_client(httpx2.Client()) as client, trace_span("call") as span:
+        assert client.get(f"{upstream.url}/echo").content == BODY
+        with client.stream("GET", f"{upstream.url}/slow") as response:
+            assert list(response.iter_raw()) == SLOW_CHUNKS
+    assert_trace_headers(upstream.headers("/echo"), span)
+    assert count(registry, upstream.host, "200") == 2
+    assert isinstance(client._transport, adapter.Httpx2InstrumentedTransport)
+    assert isinstance(client._transport, httpx2.BaseTransport)
+
+
+@pytest.mark.anyio
+async def test_an_async_httpx2_client_gets_the_same_headers_and_metrics(
+        upstream: Upstream, registry: CollectorRegistry) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+    async with instrument_client(httpx2.AsyncClient()) as client:
+        async with trace_span("call") as span:
+            assert (await client.get(f"{upstream.url}/echo")).content == BODY
+    assert_trace_headers(upstream.headers("/echo"), span)
+    assert count(registry, upstream.host, "200") == 1
+
+
+def test_httpx2_mock_transport_and_provider_calls(registry: CollectorRegistry) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+
+    def handler(request: Any) -> Any:
+        return httpx2.Response(200, json={"usage": {"prompt_tokens": 10,
+                                                    "completion_tokens": 2}})
+
+    client = instrument_client(httpx2.Client(transport=httpx2.MockTransport(handler)),
+                               providers={"api.openai.com": "openai"})
+    client.post("https://api.openai.com/v1/chat/completions", json={"model": "gpt-4o"})
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert value(registry, "provider_requests_total", status="ok", **labels) == 1
+    assert value(registry, "provider_tokens_total", type="input", **labels) == 10

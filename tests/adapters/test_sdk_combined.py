@@ -159,3 +159,58 @@ def test_the_transport_alone_counts_an_abandoned_stream_as_cancelled(
     assert calls(registry, "openai", MINI) == {"cancelled": 1}
     assert unpriced(registry, "openai", MINI) == {"cancelled": 1}
     assert value(registry, "provider_inflight_requests", provider="openai") == 0
+
+
+# --- Anthropic over an instrumented httpx2 client -------------------------------------------
+
+HAIKU = "claude-3-5-haiku-latest"
+# input 1200 + cache read 1000 + cache write 500; (1200 * 0.8 + 1000 * 0.08 + 500 * 1.0
+# + 80 * 4.0) / 1e6 = 0.00186, as in test_anthropic.py
+HAIKU_TOKENS = {"input": 2700, "output": 80, "cached_input": 1000, "cache_write": 500}
+
+
+@pytest.fixture
+def claude(fake: FakeLLM) -> Iterator[Any]:
+    import anthropic
+    import httpx2
+
+    from instrument.adapters.anthropic import instrument_anthropic
+
+    fake.usage.cache_write = 500
+    made: list[Any] = []
+
+    def build(*, sdk: bool = True) -> Any:
+        http = instrument_client(httpx2.Client(), providers={"127.0.0.1": "anthropic"})
+        client = anthropic.Anthropic(base_url=fake.url, api_key="sk-ant-test", max_retries=0,
+                                     http_client=http)
+        made.append(instrument_anthropic(client) if sdk else client)
+        return made[-1]
+
+    yield build
+    for client in made:
+        client.close()
+
+
+@pytest.mark.parametrize("sdk", [True, False])
+def test_anthropic_over_httpx2_counts_once_with_both_figures_and_the_trace(
+        claude: Any, fake: FakeLLM, registry: CollectorRegistry, sdk: bool) -> None:
+    client = claude(sdk=sdk)
+    with trace_span("handler") as span:
+        with client.messages.stream(model=HAIKU, max_tokens=64, messages=MESSAGES) as stream:
+            assert "".join(stream.text_stream) == "Hello world"
+    assert all_provider_calls(registry) == 1
+    assert calls(registry, "anthropic", HAIKU) == {"ok": 1}
+    # the transport alone reads message_start (input, cache) and message_delta (output)
+    assert tokens(registry, "anthropic", HAIKU) == HAIKU_TOKENS
+    assert cost(registry, "anthropic", HAIKU) == pytest.approx(0.00186)
+    assert client_requests(registry, fake) == 1
+    assert fake.last().headers["x-trace-id"] == span.trace_id
+
+
+def test_anthropic_stream_abandoned_over_httpx2_alone_is_cancelled(
+        claude: Any, registry: CollectorRegistry) -> None:
+    client = claude(sdk=False)
+    with client.messages.stream(model=HAIKU, max_tokens=64, messages=MESSAGES) as stream:
+        for _ in stream.text_stream:
+            break
+    assert calls(registry, "anthropic", HAIKU) == {"cancelled": 1}
