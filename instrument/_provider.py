@@ -229,6 +229,9 @@ class ProviderCall(TracedObserver):
         series.duration.observe_trace(latency, trace_id)
         if ttft is not None:
             m.provider_ttft.child(provider, model).observe_trace(ttft, trace_id)
+            if status == "ok" and self.usage.output > 1:  # the GenAI conventions' definition
+                m.provider_tpot.child(provider, model).observe_trace(
+                    (latency - ttft) / (self.usage.output - 1), trace_id)
         cost = self._account(status)
         if log_enabled(30 if status == "error" else 20):
             self._log(status, exc, latency, ttft, cost, result)

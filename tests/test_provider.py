@@ -656,6 +656,38 @@ async def test_anthropic_stream_events_carry_usage(registry: CollectorRegistry) 
     assert cost(registry, "anthropic", model) == pytest.approx(0.006)
 
 
+def test_time_per_output_token_of_a_completed_stream(registry: CollectorRegistry,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """(duration - time to first token) / (output tokens - 1), as the GenAI conventions say;
+    only for a stream that completed with more than one output token."""
+    from instrument import _observe
+
+    @track_provider("openai", "gpt-4o")
+    def stream(output: int) -> Iterator[Any]:
+        yield SimpleNamespace(choices=["x"], usage=None)
+        yield openai_response(100, output)
+
+    @track_provider("openai", "gpt-4o")
+    def plain() -> Any:
+        return openai_response(100, 50)
+
+    ticks = iter([10.0, 12.0, 22.0])  # start, first item, end
+    with monkeypatch.context() as clock:
+        clock.setattr(_observe, "perf_counter", lambda: next(ticks))
+        clock.setattr(_provider, "perf_counter", lambda: next(ticks))
+        list(stream(51))
+    list(stream(1))  # one output token: nothing between tokens to time
+    s = stream(51)
+    next(s)
+    s.close()  # stopped early: its output is unknown
+    plain()  # no first token
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert value(registry, "provider_time_per_output_token_seconds_count", **labels) == 1
+    # (12 s - 2 s) / (51 - 1) = 0.2 s per token
+    assert value(registry, "provider_time_per_output_token_seconds_sum",
+                 **labels) == pytest.approx(0.2)
+
+
 # --- record_usage --------------------------------------------------------------------
 
 

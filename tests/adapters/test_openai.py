@@ -163,6 +163,8 @@ def test_a_stream_read_to_the_end_with_the_usage_chunk(
     assert tokens(registry, "openai", MINI) == TOKENS
     assert cost(registry, "openai", MINI) == pytest.approx(COST)
     assert ttft_count(registry, "openai", MINI) == 1
+    assert value(registry, "provider_time_per_output_token_seconds_count", provider="openai",
+                 model=MINI) == 1
     assert inflight(registry, "openai") == 0
     stream.close()  # after the end: nothing more is recorded
     assert calls(registry, "openai", MINI) == {"ok": 1}
