@@ -2,18 +2,25 @@
 
 It wraps the client's transports (the default one and every mount), so it composes
 with the user's own transport and with mocks such as ``httpx.MockTransport`` or respx.
+The same implementation serves ``httpx2`` clients (the package the current OpenAI
+and Anthropic SDKs are built on) when it is installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 try:
     import httpx
 except ImportError as exc:
     raise ImportError("instrument.adapters.httpx needs httpx: "
                       "pip install 'llm-instrument[httpx]'") from exc
+
+try:  # optional: the same API under another name, which the current LLM SDKs require
+    import httpx2
+except ImportError:
+    httpx2 = None  # type: ignore[assignment]
 
 from prometheus_client import CollectorRegistry
 
@@ -24,15 +31,17 @@ from instrument._rawprovider import RawProviderCall
 
 __all__ = ["AsyncInstrumentedTransport", "InstrumentedTransport", "instrument_client"]
 
-C = TypeVar("C", httpx.Client, httpx.AsyncClient)
+C = TypeVar("C")
 T = TypeVar("T")
+_NOT_READ: tuple[type[Exception], ...] = (httpx.RequestNotRead,) + (
+    (httpx2.RequestNotRead,) if httpx2 is not None else ())
 
 
 def _provider_call(provider: str, request: httpx.Request, metrics: _metrics.Metrics | None
                    ) -> RawProviderCall:
     try:
         body: bytes | None = request.content
-    except httpx.RequestNotRead:  # a streamed upload: the model stays "unknown"
+    except _NOT_READ:  # a streamed upload: the model stays "unknown"
         body = None
     return RawProviderCall(provider, body, metrics)
 
@@ -53,10 +62,13 @@ def _settings(registry: CollectorRegistry | None, providers: Mapping[str, str] |
     return (None if registry is None else _metrics.metrics_for(registry)), hosts
 
 
-class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """One request in flight, then the response's stream: recorded once, at its end or close."""
+class _Call:
+    """One request in flight, then the response's stream: recorded once, at its end or close.
 
-    __slots__ = ("chunks", "first", "provider", "request", "status", "stream", "trace")
+    Made concrete per package (``_HttpxCall``), as each checks its own byte-stream types.
+    """
+
+    __slots__ = ("chunks", "done", "first", "provider", "request", "status", "stream", "trace")
 
     def __init__(self, request: httpx.Request, wrapper: _Wrapper[Any]) -> None:
         self.stream: Any = None
@@ -68,16 +80,23 @@ class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
         label = host if port is None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.request = ClientRequest(request.method, label, wrapper.metrics)
         provider = wrapper.providers.get(host) if wrapper.providers else None
+        trace = self.trace
+        if (provider is not None and trace is not None and trace.usage is not None
+                and not trace.usage.closed):
+            # a decorator or an SDK integration observes this call already: counted there
+            provider = None
         self.provider = (None if provider is None
                          else _provider_call(provider, request, wrapper.metrics))
         self.status: int | None = None
         self.first = True
+        self.done = False  # the body was read to its end
 
     def attach(self, response: httpx.Response, kind: type[Any]) -> httpx.Response:
         """Take over ``response.stream``; a body already read (mocks) is recorded now."""
         self.status = response.status_code
         if not response.is_closed and isinstance(response.stream, kind):
-            self.stream, response.stream = response.stream, self
+            # the package's own byte-stream type: made concrete per package (_HttpxCall)
+            self.stream, response.stream = response.stream, cast(Any, self)
             return response
         has_body = self.provider is not None and hasattr(response, "_content")
         self.finish(self.status, None, response.content if has_body else None)
@@ -97,13 +116,17 @@ class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
     def end(self, exc: BaseException) -> None:
         """Reading stopped: the body's end, or an error (labelled by its type, not the status)."""
         if isinstance(exc, (StopIteration, StopAsyncIteration)):
+            self.done = True
             self.finish(self.status, None)
         else:
             self.finish(None, exc)
 
     def finish(self, status: int | None, exc: BaseException | None,
                body: bytes | None = None) -> None:
-        """Record once, with the request's own trace current (it labels the exemplar)."""
+        """Record once, with the request's own trace current (it labels the exemplar).
+
+        Before the body's end (a close, a dropped response) a provider call was abandoned.
+        """
         if self.request.finished:
             return
         token = None if _current.get() is self.trace else _current.set(self.trace)
@@ -111,7 +134,8 @@ class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
             self.request.finish(status, exc)
             if self.provider is not None:
                 try:
-                    self.provider.finish(status, exc, body)
+                    self.provider.finish(status, exc, body,
+                                         abandoned=exc is None and body is None and not self.done)
                 except Exception as err:
                     _metrics.report_internal_error("httpx_provider", err)
         finally:
@@ -156,8 +180,14 @@ class _Call(httpx.SyncByteStream, httpx.AsyncByteStream):
             self.finish(self.status, None)
 
 
+class _HttpxCall(_Call, httpx.SyncByteStream, httpx.AsyncByteStream):
+    __slots__ = ()
+
+
 class _Wrapper(Generic[T]):
     """What both transports share: the wrapped transport and the settings."""
+
+    _call: type[_Call] = _HttpxCall
 
     def __init__(self, transport: T, *, registry: CollectorRegistry | None = None,
                  providers: Mapping[str, str] | None = None) -> None:
@@ -166,16 +196,18 @@ class _Wrapper(Generic[T]):
 
     def _start(self, request: httpx.Request) -> _Call | None:
         try:
-            return _Call(request, self)
+            return self._call(request, self)
         except Exception as err:  # our bookkeeping failed: the request goes out unobserved
             _metrics.report_internal_error("httpx", err)
             return None
 
 
-class InstrumentedTransport(_Wrapper[httpx.BaseTransport], httpx.BaseTransport):
+class _SyncTransport(_Wrapper[Any]):
     """Wraps any sync transport: trace headers on each request, client metrics per response."""
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    _stream: type[Any] = httpx.SyncByteStream
+
+    def handle_request(self, request: Any) -> Any:
         call = self._start(request)
         try:
             response = self.transport.handle_request(request)
@@ -183,23 +215,25 @@ class InstrumentedTransport(_Wrapper[httpx.BaseTransport], httpx.BaseTransport):
             if call is not None:
                 call.finish(None, exc)
             raise
-        return response if call is None else call.attach(response, httpx.SyncByteStream)
+        return response if call is None else call.attach(response, self._stream)
 
     def close(self) -> None:
         self.transport.close()
 
-    def __enter__(self) -> InstrumentedTransport:
-        self.transport.__enter__()
+    def __enter__(self: T) -> T:
+        self.transport.__enter__()  # type: ignore[attr-defined]
         return self
 
     def __exit__(self, *args: Any, **kwargs: Any) -> None:
         self.transport.__exit__(*args, **kwargs)
 
 
-class AsyncInstrumentedTransport(_Wrapper[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
+class _AsyncTransport(_Wrapper[Any]):
     """Wraps any async transport: trace headers on each request, client metrics per response."""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    _stream: type[Any] = httpx.AsyncByteStream
+
+    async def handle_async_request(self, request: Any) -> Any:
         call = self._start(request)
         try:
             response = await self.transport.handle_async_request(request)
@@ -207,37 +241,81 @@ class AsyncInstrumentedTransport(_Wrapper[httpx.AsyncBaseTransport], httpx.Async
             if call is not None:
                 call.finish(None, exc)
             raise
-        return response if call is None else call.attach(response, httpx.AsyncByteStream)
+        return response if call is None else call.attach(response, self._stream)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
 
-    async def __aenter__(self) -> AsyncInstrumentedTransport:
-        await self.transport.__aenter__()
+    async def __aenter__(self: T) -> T:
+        await self.transport.__aenter__()  # type: ignore[attr-defined]
         return self
 
     async def __aexit__(self, *args: Any, **kwargs: Any) -> None:
         await self.transport.__aexit__(*args, **kwargs)
 
 
+class InstrumentedTransport(_SyncTransport, httpx.BaseTransport):
+    """Wraps any sync httpx transport: trace headers on each request, client metrics."""
+
+
+class AsyncInstrumentedTransport(_AsyncTransport, httpx.AsyncBaseTransport):
+    """Wraps any async httpx transport: trace headers on each request, client metrics."""
+
+
+#: (sync client type, its instrumented transport, async client type, its transport)
+_KINDS: list[tuple[type[Any], type[Any], type[Any], type[Any]]] = [
+    (httpx.Client, InstrumentedTransport, httpx.AsyncClient, AsyncInstrumentedTransport)]
+
+if httpx2 is not None:
+    class _Httpx2Call(_Call, httpx2.SyncByteStream, httpx2.AsyncByteStream):
+        __slots__ = ()
+
+    class Httpx2InstrumentedTransport(_SyncTransport, httpx2.BaseTransport):
+        """``InstrumentedTransport`` for ``httpx2`` transports."""
+
+        _call = _Httpx2Call
+        _stream = httpx2.SyncByteStream
+
+    class AsyncHttpx2InstrumentedTransport(_AsyncTransport, httpx2.AsyncBaseTransport):
+        """``AsyncInstrumentedTransport`` for ``httpx2`` transports."""
+
+        _call = _Httpx2Call
+        _stream = httpx2.AsyncByteStream
+
+    _KINDS.append((httpx2.Client, Httpx2InstrumentedTransport, httpx2.AsyncClient,
+                   AsyncHttpx2InstrumentedTransport))
+    __all__ += ["AsyncHttpx2InstrumentedTransport", "Httpx2InstrumentedTransport"]
+
+
+def _transport_for(client: Any) -> type[Any] | None:
+    for sync_client, sync_kind, async_client, async_kind in _KINDS:
+        if isinstance(client, sync_client):
+            return sync_kind
+        if isinstance(client, async_client):
+            return async_kind
+    return None
+
+
 def instrument_client(client: C, *, registry: CollectorRegistry | None = None,
                       providers: Mapping[str, str] | None = None) -> C:
     """Wrap each transport of ``client`` (default and mounts) once, and return the client.
 
-    Calling it again wraps nothing twice; the latest call's settings apply.
+    ``client`` is an ``httpx`` or ``httpx2`` ``Client`` or ``AsyncClient``. Calling it
+    again wraps nothing twice; the latest call's settings apply.
     """
     settings = _settings(registry, providers)  # a bad setting raises before the client changes
-    if not isinstance(client, (httpx.Client, httpx.AsyncClient)):
-        raise TypeError(f"instrument_client expects an httpx.Client or AsyncClient, got {client!r}")
-    kind: Any = InstrumentedTransport if isinstance(client, httpx.Client) else (
-        AsyncInstrumentedTransport)
+    kind = _transport_for(client)
+    if kind is None:
+        raise TypeError("instrument_client expects an httpx (or httpx2) Client or AsyncClient, "
+                        f"got {client!r}")
 
     def wrap(transport: Any) -> Any:
         wrapped = transport if isinstance(transport, kind) else kind(transport)
         wrapped.metrics, wrapped.providers = settings
         return wrapped
 
-    client._transport = wrap(client._transport)
-    client._mounts = {pattern: None if transport is None else wrap(transport)
-                      for pattern, transport in client._mounts.items()}
+    target: Any = client
+    target._transport = wrap(target._transport)
+    target._mounts = {pattern: None if transport is None else wrap(transport)
+                      for pattern, transport in target._mounts.items()}
     return client

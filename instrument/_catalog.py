@@ -21,6 +21,8 @@ def _doubling(start: float, count: int) -> tuple[float, ...]:
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Provider calls reach minutes: 0.01 s doubling to 655.36 s.
 PROVIDER_BUCKETS = _doubling(0.01, 17)
+# Time per output token: the GenAI semantic conventions' advised boundaries.
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 # Streams live from a second to an hour.
 SSE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 # Cache lookups are in-process or one network hop.
@@ -95,8 +97,13 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("provider_time_to_first_token_seconds", "histogram",
                "Time from the start of a streaming provider call to its first item.",
                ("provider", "model"), "seconds", PROVIDER_BUCKETS),
+    MetricSpec("provider_time_per_output_token_seconds", "histogram",
+               "Time per output token after the first, of a streaming call that completed: "
+               "(duration - time to first token) / (output tokens - 1).",
+               ("provider", "model"), "seconds", TPOT_BUCKETS),
     MetricSpec("provider_tokens_total", "counter",
-               "Tokens used, by type: input, output, cached_input (cached is part of input).",
+               "Tokens used, by type: input, output, cached_input and cache_write (parts of "
+               "input), reasoning (part of output).",
                ("provider", "model", "type"), "tokens"),
     MetricSpec("provider_inflight_requests", "gauge", "LLM provider calls in flight now.",
                ("provider",), "requests"),
@@ -106,9 +113,11 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("api_cost_usd_total", "counter", "Flat per-request API fees in US dollars.",
                ("provider",), "USD"),
     MetricSpec("provider_unpriced_requests_total", "counter",
-               "Provider calls whose cost is unknown: tokens of a model without a price, "
-               "or a successful call that reported neither usage nor a fee.",
-               ("provider", "model"), "requests"),
+               "Provider calls whose cost is unknown, by reason: no_price (tokens of a model "
+               "without a price), no_usage (a successful call that reported neither usage nor "
+               "a fee), cancelled (stopped or cancelled before its usage arrived), error "
+               "(failed after the answer had begun).",
+               ("provider", "model", "reason"), "requests"),
     # cache
     MetricSpec("cache_hits_total", "counter", "Cache lookups that hit.", ("cache",), "lookups"),
     MetricSpec("cache_misses_total", "counter", "Cache lookups that missed.", ("cache",),

@@ -235,18 +235,86 @@ def _kind(target: Any) -> str:
 
 
 StreamType = Callable[[Any, Any], Any]
+#: given a plain call's result and its observer: the stream object that now owns the
+#: observer (and finalises it), or None when the result ends the call
+ResultStream = Callable[[Any, Observer], Any]
+
+
+def _start(factory: ObserverFactory, instance: Any, args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> Observer | None:
+    try:
+        return factory(instance, args, kwargs)
+    except Exception as err:  # our bookkeeping failed: the call runs unobserved
+        _metrics.report_internal_error("observer_start", err)
+        return None
+
+
+def _hand_over(obs: Observer, result: Any, result_stream: ResultStream) -> Any:
+    try:
+        owned = result_stream(result, obs)
+    except Exception as err:
+        _metrics.report_internal_error("result_stream", err)
+        owned = None
+    if owned is None:
+        obs.finish(OK, None, result)
+        return result
+    return owned
+
+
+def _returning_streams(fn: F, kind: str, factory: ObserverFactory,
+                       result_stream: ResultStream) -> F:
+    """Wrappers for a plain or coroutine function whose result may be a stream object
+    (an SDK's ``create(stream=True)``): such a result is handed to ``result_stream``, and
+    the call ends with that stream instead of at the return."""
+    if kind == "coroutine":
+        async def call_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> Any:
+            obs = _start(factory, instance, args, kwargs)
+            if obs is None:
+                return await wrapped(*args, **kwargs)
+            state = obs.enter()
+            try:
+                result = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                obs.finish(outcome_for(exc), exc)
+                raise
+            finally:
+                obs.leave(state)
+            return _hand_over(obs, result, result_stream)
+
+        return cast(F, wrapt.FunctionWrapper(fn, call_async))
+
+    def call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        obs = _start(factory, instance, args, kwargs)
+        if obs is None:
+            return wrapped(*args, **kwargs)
+        state = obs.enter()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            obs.finish(outcome_for(exc), exc)
+            raise
+        finally:
+            obs.leave(state)
+        return _hand_over(obs, result, result_stream)
+
+    return cast(F, wrapt.FunctionWrapper(fn, call))
 
 
 def instrument_callable(fn: F, factory: ObserverFactory,
-                        stream_types: tuple[StreamType, StreamType] = (SyncStream, AsyncStream)
-                        ) -> F:
+                        stream_types: tuple[StreamType, StreamType] = (SyncStream, AsyncStream),
+                        result_stream: ResultStream | None = None) -> F:
     """Wrap ``fn`` (any of the four kinds, also methods) so ``factory`` observes every call.
 
     The wrapper keeps ``fn``'s signature, name and introspection (wrapt), so
     frameworks still read its parameters and ``inspect`` still sees its kind.
+    With ``result_stream``, a plain or coroutine function may return a stream
+    object that takes the call over (see ``ResultStream``).
     """
     kind = kind_of(fn)
     sync_stream, async_stream = stream_types
+    if result_stream is not None and kind in ("function", "coroutine"):
+        return _returning_streams(fn, kind, factory, result_stream)
 
     if kind == "coroutine":
         async def call_async(wrapped: Any, instance: Any, args: tuple[Any, ...],

@@ -207,6 +207,7 @@ class Metrics:
         self.provider_errors = f["provider_errors_total"]
         self.provider_duration = f["provider_request_duration_seconds"]
         self.provider_ttft = f["provider_time_to_first_token_seconds"]
+        self.provider_tpot = f["provider_time_per_output_token_seconds"]
         self.provider_tokens = f["provider_tokens_total"]
         self.provider_inflight = f["provider_inflight_requests"]
         self.token_cost = f["token_cost_usd_total"]

@@ -8,8 +8,9 @@ a dated table (``data/prices.json``); applications extend or replace it with
 Token convention (OpenAI's): ``input_tokens`` *includes* the cached ones.
 Anthropic reports ``input_tokens`` *excluding* cache reads, so its usage reader
 adds ``cache_read_input_tokens`` back before calling :func:`cost_usd`.
-Anthropic cache writes (1.25x input) have no rate of their own here; the usage
-reader counts them as ordinary input, which slightly under-prices them.
+Cache writes (Anthropic's ``cache_creation_input_tokens``) are a part of the input
+too, priced at ``cache_write`` where the table gives it (Anthropic's 5-minute
+rate, 1.25x input), else at the input rate.
 
 The active table is an immutable :class:`PriceTable` swapped by one reference
 assignment, so readers on the hot path never take a lock.
@@ -52,7 +53,7 @@ _PROVIDER_ALIASES = {
 # "@20241022". Stripped repeatedly, so "-2411-latest" also goes.
 _VERSION_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-\d{3}|-latest|@[\w.-]*)$")
 
-_PRICE_FIELDS = frozenset({"input", "cached_input", "output"})
+_PRICE_FIELDS = frozenset({"input", "cached_input", "cache_write", "output"})
 _DOCUMENT_FIELDS = frozenset({"as_of", "unit", "source", "notes", "models"})
 
 
@@ -61,17 +62,19 @@ class Price:
     """List price of one model, in USD per million tokens.
 
     ``cached_input`` is the rate for input tokens served from the provider's
-    prompt cache; ``None`` means the provider gives no discount.
+    prompt cache; ``None`` means the provider gives no discount. ``cache_write``
+    is the rate for input tokens written to the cache; ``None`` means the input rate.
     """
 
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("input", "output", "cached_input"):
+        for name in ("input", "output", "cached_input", "cache_write"):
             value = getattr(self, name)
-            if value is None and name == "cached_input":
+            if value is None and name in ("cached_input", "cache_write"):
                 continue
             # bool is an int subclass; True as a price is a config mistake.
             if (
@@ -90,9 +93,15 @@ class Price:
         """The rate for cached input tokens, falling back to ``input``."""
         return self.input if self.cached_input is None else self.cached_input
 
+    @property
+    def cache_write_rate(self) -> float:
+        """The rate for input tokens written to the prompt cache, falling back to ``input``."""
+        return self.input if self.cache_write is None else self.cache_write
+
 
 def cost_usd(
-    price: Price, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0
+    price: Price, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
+    cache_write_tokens: int = 0,
 ) -> float:
     """Cost of one call in USD.
 
@@ -106,9 +115,11 @@ def cost_usd(
     malformed usage block must not raise into the user's call.
     """
     cached = max(cached_input_tokens, 0)
-    uncached = max(input_tokens - cached, 0)
+    written = max(cache_write_tokens, 0)
+    uncached = max(input_tokens - cached - written, 0)
     output = max(output_tokens, 0)
-    return (uncached * price.input + cached * price.cached_rate + output * price.output) / 1e6
+    return (uncached * price.input + cached * price.cached_rate
+            + written * price.cache_write_rate + output * price.output) / 1e6
 
 
 def _canonical_provider(provider: str) -> str:
@@ -141,7 +152,8 @@ def _parse_price(key: str, raw: object, origin: str) -> Price:
     if missing:
         raise ValueError(f"{origin}: price of {key!r} lacks {missing}")
     try:
-        return Price(raw["input"], raw["output"], raw.get("cached_input"))
+        return Price(raw["input"], raw["output"], raw.get("cached_input"),
+                     raw.get("cache_write"))
     except ValueError as exc:
         raise ValueError(f"{origin}: price of {key!r}: {exc}") from None
 

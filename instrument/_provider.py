@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
@@ -25,7 +26,8 @@ _SERIES_CACHE = 256
 
 
 class Usage:
-    """Token counts of one call. ``input`` includes ``cached_input`` (OpenAI's convention).
+    """Token counts of one call. ``input`` includes ``cached_input`` and ``cache_write``
+    (OpenAI's convention); ``output`` includes ``reasoning``.
 
     The zeros are class attributes on purpose: most calls record usage once or
     never, and an instance that only reads its defaults costs no ``__init__``.
@@ -34,19 +36,24 @@ class Usage:
     input = 0
     output = 0
     cached_input = 0
+    cache_write = 0
+    reasoning = 0
     cost_usd: float | None = None
     api_cost_usd = 0.0
     explicit = False
     closed = False  # the call has ended: record_usage no longer applies
 
-    def merge(self, found: tuple[int, int, int]) -> None:
+    def merge(self, found: Found) -> None:
         """Usage read from a response or chunk: cumulative, so the latest non-zero figure wins."""
         self.input = found[0] or self.input
         self.output = found[1] or self.output
         self.cached_input = found[2] or self.cached_input
+        self.cache_write = found[3] or self.cache_write
+        self.reasoning = found[4] or self.reasoning
 
     def record(self, input_tokens: int, output_tokens: int, cached_input_tokens: int,
-               cost_usd: float | None, api_cost_usd: float) -> None:
+               cost_usd: float | None, api_cost_usd: float, cache_write_tokens: int = 0,
+               reasoning_tokens: int = 0) -> None:
         """Usage from ``record_usage``: it replaces what chunks said, and several calls add up.
 
         A call that passes only a flat ``api_cost_usd`` leaves token reading as it was.
@@ -54,10 +61,12 @@ class Usage:
         if not self.explicit and (input_tokens or output_tokens or cached_input_tokens
                                   or cost_usd is not None):
             self.explicit = True
-            self.input = self.output = self.cached_input = 0
+            self.input = self.output = self.cached_input = self.cache_write = self.reasoning = 0
         self.input += input_tokens
         self.output += output_tokens
         self.cached_input += cached_input_tokens
+        self.cache_write += cache_write_tokens
+        self.reasoning += reasoning_tokens
         if cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + cost_usd
         self.api_cost_usd += api_cost_usd
@@ -73,36 +82,66 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def read_usage(obj: Any) -> tuple[int, int, int] | None:
-    """(input incl. cached, output, cached input) from an OpenAI- or Anthropic-style object.
+#: (input incl. cache reads and writes, output incl. reasoning, cache reads, cache writes,
+#: reasoning)
+Found = tuple[int, int, int, int, int]
 
-    Looks at ``obj.usage`` (responses and final stream chunks) and
-    ``obj.message.usage`` (Anthropic's ``message_start`` event). None if absent.
+
+def _detail(usage: Any, details: str, name: str) -> int:
+    found = _field(usage, details)
+    return (_int(_field(found, name)) or 0) if found is not None else 0
+
+
+def read_usage(obj: Any) -> Found | None:
+    """Token counts by type (``Found``) from an OpenAI- or Anthropic-style object.
+
+    Looks at ``obj.usage`` (responses and final stream chunks), ``obj.message.usage``
+    (Anthropic's ``message_start`` event) and ``obj.response.usage`` (OpenAI's
+    Responses API events). None if absent.
     """
     usage = _field(obj, "usage")
     if usage is None:
-        message = _field(obj, "message")
-        usage = _field(message, "usage") if message is not None else None
+        for holder in ("message", "response"):
+            inner = _field(obj, holder)
+            if inner is not None and not isinstance(inner, (str, bytes)):
+                usage = _field(inner, "usage")
+                if usage is not None:
+                    break
     if usage is None or isinstance(usage, (str, bytes, int, float)):
         return None
     prompt = _int(_field(usage, "prompt_tokens"))
     if prompt is not None:  # OpenAI: prompt_tokens includes cached tokens
-        details = _field(usage, "prompt_tokens_details")
-        cached = _int(_field(details, "cached_tokens")) if details is not None else None
-        return prompt, _int(_field(usage, "completion_tokens")) or 0, cached or 0
+        return (prompt, _int(_field(usage, "completion_tokens")) or 0,
+                _detail(usage, "prompt_tokens_details", "cached_tokens"),
+                _detail(usage, "prompt_tokens_details", "cache_write_tokens"),
+                _detail(usage, "completion_tokens_details", "reasoning_tokens"))
     anthropic_in = _int(_field(usage, "input_tokens"))
     output = _int(_field(usage, "output_tokens"))
     if anthropic_in is None and output is None:
         return None
+    details = _field(usage, "input_tokens_details")  # OpenAI Responses API
+    cached = _int(_field(details, "cached_tokens")) if details is not None else None
+    if cached is not None:
+        return (anthropic_in or 0, output or 0, cached,
+                _detail(usage, "input_tokens_details", "cache_write_tokens"),
+                _detail(usage, "output_tokens_details", "reasoning_tokens"))
     # Anthropic: input_tokens excludes cache reads and writes; add them back so
     # "input" means all prompt tokens, of which cache reads are "cached_input".
     cache_read = _int(_field(usage, "cache_read_input_tokens")) or 0
     cache_write = _int(_field(usage, "cache_creation_input_tokens")) or 0
-    details = _field(usage, "input_tokens_details")  # OpenAI Responses API
-    cached = _int(_field(details, "cached_tokens")) if details is not None else None
-    if cached is not None:
-        return anthropic_in or 0, output or 0, cached
-    return (anthropic_in or 0) + cache_read + cache_write, output or 0, cache_read
+    return ((anthropic_in or 0) + cache_read + cache_write, output or 0, cache_read,
+            cache_write, 0)
+
+
+def read_model(obj: Any) -> str | None:
+    """The model a response names: ``obj.model``, or that of its ``message`` (Anthropic's
+    ``message_start``) or ``response`` (OpenAI's Responses API events)."""
+    for holder in (obj, _field(obj, "message"), _field(obj, "response")):
+        if holder is not None and not isinstance(holder, (str, bytes)):
+            found = _field(holder, "model")
+            if isinstance(found, str) and found:
+                return found
+    return None
 
 
 class Series:
@@ -128,8 +167,8 @@ _SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
 class ProviderCall(TracedObserver):
     """One provider call, streamed or not."""
 
-    __slots__ = ("first_at", "kwargs", "log_io", "model", "operation", "provider", "series",
-                 "usage")
+    __slots__ = ("first_at", "kwargs", "log_io", "model", "operation", "provider",
+                 "response_model", "series", "usage")
 
     def __init__(self, metrics: _metrics.Metrics, provider: str, model: str, operation: str,
                  log_io: bool, kwargs: dict[str, Any] | None, series: Series | None = None
@@ -142,19 +181,22 @@ class ProviderCall(TracedObserver):
         self.log_io = log_io
         self.kwargs = kwargs
         self.first_at = 0.0
+        self.response_model: str | None = None
         self.series = series or Series(metrics, provider, model)
         self.series.inflight.inc()
 
     def item(self, value: Any) -> Any:
         if not self.first_at:
             self.first_at = perf_counter()
+            if type(value) not in _SCALARS:  # the first chunk or event names the model
+                self.response_model = read_model(value)
         if not self.usage.explicit and type(value) not in _SCALARS:
             found = read_usage(value)
             if found is not None:
                 self.usage.merge(found)
         return value
 
-    def _merge(self, found: tuple[int, int, int]) -> None:
+    def _merge(self, found: Found) -> None:
         self.usage.merge(found)
 
     def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
@@ -162,10 +204,16 @@ class ProviderCall(TracedObserver):
         m, provider, model, u, series = (self.metrics, self.provider, self.model, self.usage,
                                          self.series)
         u.closed = True
-        if not u.explicit and type(result) not in _SCALARS:
-            found = read_usage(result)
-            if found is not None:
-                u.merge(found)
+        if type(result) not in _SCALARS:
+            if not u.explicit:
+                found = read_usage(result)
+                if found is not None:
+                    u.merge(found)
+            self.response_model = read_model(result) or self.response_model
+        if model == UNKNOWN_MODEL and self.response_model:
+            # no model in the call's arguments: label it with the one the provider answered
+            model = self.model = self.response_model
+            series = self.series = Series(m, provider, model)
         series.inflight.dec()
         status = _STATUS[outcome]
         if status == "ok":
@@ -180,6 +228,9 @@ class ProviderCall(TracedObserver):
         series.duration.observe_trace(latency, trace_id)
         if ttft is not None:
             m.provider_ttft.child(provider, model).observe_trace(ttft, trace_id)
+            if status == "ok" and self.usage.output > 1:  # the GenAI conventions' definition
+                m.provider_tpot.child(provider, model).observe_trace(
+                    (latency - ttft) / (self.usage.output - 1), trace_id)
         cost = self._account(status)
         if log_enabled(30 if status == "error" else 20):
             self._log(status, exc, latency, ttft, cost, result)
@@ -196,24 +247,46 @@ class ProviderCall(TracedObserver):
                 tokens.child(provider, model, "output").inc(u.output)
             if u.cached_input:
                 tokens.child(provider, model, "cached_input").inc(u.cached_input)
+            if u.cache_write:
+                tokens.child(provider, model, "cache_write").inc(u.cache_write)
+            if u.reasoning:
+                tokens.child(provider, model, "reasoning").inc(u.reasoning)
         if u.api_cost_usd:
             m.api_cost.child(provider).inc(u.api_cost_usd)
         cost = u.cost_usd
         if cost is None and seen:
             price = _pricing.get_price(provider, model)
             if price is not None:
-                cost = _pricing.cost_usd(price, u.input, u.output, u.cached_input)
+                cost = _pricing.cost_usd(price, u.input, u.output, u.cached_input,
+                                         u.cache_write)
         if cost is not None:
             if cost > 0:
                 m.token_cost.child(provider, model).inc(cost)
             return cost
-        if (status == "ok" and not u.api_cost_usd) or seen:
-            # never a silent $0: no usage and no fee reported, or tokens without a price
-            series = self.series
+        # never a silent $0: tokens without a price, or a call the provider may bill that
+        # reported neither usage nor a fee (one that succeeded, one stopped or cancelled
+        # once sent, one that failed after the answer had begun); a call that failed
+        # before any answer (refused, rate-limited, unreachable) is not billed
+        if seen:
+            reason = "no_price"
+        elif u.api_cost_usd:
+            return None
+        elif status == "ok":
+            reason = "no_usage"
+        elif status == "cancelled":
+            reason = "cancelled"
+        elif self.first_at:
+            reason = "error"
+        else:
+            return None
+        series = self.series
+        if reason == "no_price":
             if series.unpriced is None:
-                series.unpriced = m.unpriced.child(provider, model)
+                series.unpriced = m.unpriced.child(provider, model, reason)
                 self._warn_unpriced()
             series.unpriced.inc()
+        else:
+            m.unpriced.child(provider, model, reason).inc()
         return None
 
     def _warn_unpriced(self) -> None:
@@ -235,11 +308,13 @@ class ProviderCall(TracedObserver):
         u = self.usage
         fields: dict[str, Any] = {
             "event": "provider_call", "provider": self.provider, "model": self.model,
+            "response_model": self.response_model,
             "operation": self.operation, "status": status,
             "latency_ms": round(latency * 1000, 3),
             "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
             "input_tokens": u.input, "output_tokens": u.output,
-            "cached_input_tokens": u.cached_input,
+            "cached_input_tokens": u.cached_input, "cache_write_tokens": u.cache_write,
+            "reasoning_tokens": u.reasoning,
             "cost_usd": round(cost, 8) if cost is not None else None,
             "trace_id": self.trace.trace_id, "span_id": self.trace.span_id,
         }
@@ -291,11 +366,30 @@ def record_usage(input_tokens: int = 0, output_tokens: int = 0, cached_input_tok
     return True
 
 
+def _model_parameter(func: Callable[..., Any]) -> tuple[int | None, str | None, bool]:
+    """Where a call passes its model: the ``model`` parameter's position (None when it is
+    keyword-only or absent), its default if a string, and whether the first parameter is
+    ``self``/``cls`` (left out of a bound method's args). Read once, at decoration."""
+    try:
+        params = list(inspect.signature(inspect.unwrap(getattr(func, "__func__", func)))
+                      .parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins and C callables)
+        return None, None, False
+    for at, param in enumerate(params):
+        if param.name == "model":
+            positional = param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)
+            default = param.default if isinstance(param.default, str) and param.default else None
+            return (at if positional else None, default,
+                    params[0].name in ("self", "cls"))
+    return None, None, False
+
+
 def track_provider(provider: str, model: str | None = None, *, operation: str = "chat",
                    log_io: bool = False, registry: Any = None) -> Callable[[F], F]:
     """Observe calls to an LLM provider: sync or async, plain or streaming.
 
-    ``model`` is fixed here or read per call from the call's ``model=`` keyword.
+    ``model`` is fixed here, or read per call from the call's ``model`` argument (keyword,
+    positional or the signature's default), else from the response's ``model``.
     Prompts and responses are logged only with ``log_io=True`` (secrets redacted).
     """
     if not isinstance(provider, str) or not provider:
@@ -308,6 +402,7 @@ def track_provider(provider: str, model: str | None = None, *, operation: str = 
         # model names come from callers, so the cache is bounded
         cache: dict[str, Series] = {}
         cached_for: list[_metrics.Metrics | None] = [None]
+        position, default, bound_first = _model_parameter(func)
 
         def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProviderCall:
             if registry is None:  # the configured metrics; current() creates them on first use
@@ -317,7 +412,13 @@ def track_provider(provider: str, model: str | None = None, *, operation: str = 
             if metrics is not cached_for[0]:
                 cache.clear()
                 cached_for[0] = metrics
-            name = model or kwargs.get("model") or UNKNOWN_MODEL
+            name = model or kwargs.get("model")
+            if not name and (position is not None or default is not None):
+                at = position
+                if at is not None and instance is not None and bound_first:
+                    at -= 1  # a bound method's args come without self/cls
+                name = (args[at] if at is not None and 0 <= at < len(args) else None) or default
+            name = name or UNKNOWN_MODEL
             if not isinstance(name, str):
                 name = str(name)
             series = cache.get(name)

@@ -131,22 +131,29 @@ def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]
                            ("status", lambda s: s == "error"))
     latency = ix.hist_by("provider_request_duration_seconds", ("provider", "model"))
     ttft = ix.hist_by("provider_time_to_first_token_seconds", ("provider", "model"))
+    tpot = ix.hist_by("provider_time_per_output_token_seconds", ("provider", "model"))
     tokens = ix.counter_by("provider_tokens_total", ("provider", "model", "type"))
     cost = ix.counter_by("token_cost_usd_total", ("provider", "model"))
     unpriced = ix.counter_by("provider_unpriced_requests_total", ("provider", "model"))
+    unpriced_why = ix.counter_by("provider_unpriced_requests_total",
+                                 ("provider", "model", "reason"))
     api_cost = ix.counter_by("api_cost_usd_total", ("provider",))
     for key in sorted(set(calls) | set(latency)):
         lat = latency[key].digest() if key in latency else {}
         first = ttft[key].digest() if key in ttft else {}
+        per_token = tpot[key].digest() if key in tpot else {}
         providers.append({
             "provider": key[0], "model": key[1], "requests": int(calls.get(key, 0)),
             "error_rate": _ratio(failed.get(key, 0), calls.get(key, 0)),
             "p50_ms": lat.get("p50_ms"), "p95_ms": lat.get("p95_ms"),
             "ttft_p50_ms": first.get("p50_ms"), "ttft_p95_ms": first.get("p95_ms"),
+            "tpot_p50_ms": per_token.get("p50_ms"), "tpot_p95_ms": per_token.get("p95_ms"),
             "tokens": {t: int(tokens.get((*key, t), 0))
                        for t in ("input", "output", "cached_input")},
             "cost_usd": round(cost.get(key, 0.0), 6),
             "unpriced_requests": int(unpriced.get(key, 0)),
+            "unpriced_by_reason": {k[2]: int(v) for k, v in sorted(unpriced_why.items())
+                                   if k[:2] == key and v},
         })
 
     spans = []

@@ -18,7 +18,8 @@ START, END = "<!-- catalog-table:start -->", "<!-- catalog-table:end -->"
 NOT_METRICS = frozenset({
     "trace_id", "span_id", "parent_span_id", "max_label_values", "trace_span", "use_trace_id",
     "start_http_server", "metrics_summary", "histogram_quantile", "child_exit",
-    "mark_process_dead", "multiprocess_mode", "error_type", "cached_input", "client_disconnect",
+    "mark_process_dead", "multiprocess_mode", "error_type", "cached_input", "cache_write",
+    "client_disconnect",
     "instrument_app", "configure_logging", "span_name", "http_request",
     # prometheus-client's own process and platform metrics
     "process_cpu_seconds_total", "process_open_fds", "process_max_fds",

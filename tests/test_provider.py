@@ -414,16 +414,92 @@ def test_model_fixed_per_call_or_unknown(registry: CollectorRegistry) -> None:
     def per_call(prompt: str, model: str = "default-model") -> str:
         return prompt
 
+    @track_provider("openai")
+    def no_model(prompt: str) -> str:
+        return prompt
+
     fixed("a", model="gpt-4o-mini")  # the decorator's model wins
     per_call("b", model="gpt-4o-mini")
     per_call("c", model="o3")
-    per_call("d")  # a default is not a keyword the caller passed
-    per_call("e", "positional-model")  # only the keyword is read
+    per_call("d")  # the signature's default
+    per_call("e", "positional-model")
+    no_model("f")
     assert requests(registry, "ok", "gpt-4o") == 1
     assert requests(registry, "ok", "gpt-4o-mini") == 1
     assert requests(registry, "ok", "o3") == 1
-    assert requests(registry, "ok", "unknown") == 2
+    assert requests(registry, "ok", "default-model") == 1
+    assert requests(registry, "ok", "positional-model") == 1
+    assert requests(registry, "ok", "unknown") == 1
     assert requests(registry, "ok", "ignored") == 0
+
+
+def test_the_signature_default_is_the_model_and_is_priced(registry: CollectorRegistry,
+                                                          logs: LogCapture) -> None:
+    """Issue 13, point 1: ``complete("hi")`` records the default, priced, not ``unknown``."""
+
+    @track_provider("openai")
+    def complete(prompt: str, model: str = "gpt-4o-mini") -> Any:
+        return SimpleNamespace(model="gpt-4o-mini-2024-07-18",
+                               usage=SimpleNamespace(prompt_tokens=1000, completion_tokens=100))
+
+    complete("hi")
+    assert requests(registry, "ok", "gpt-4o-mini") == 1
+    assert requests(registry, "ok", "unknown") == 0
+    # gpt-4o-mini: (1000 * 0.15 + 100 * 0.6) / 1e6 = 0.00021
+    assert cost(registry, "openai", "gpt-4o-mini") == pytest.approx(0.00021)
+    assert unpriced(registry, provider="openai",
+                 model="gpt-4o-mini") == 0
+    event = only_call(logs)
+    assert (event["model"], event["response_model"]) == ("gpt-4o-mini",
+                                                        "gpt-4o-mini-2024-07-18")
+
+
+@pytest.mark.anyio
+async def test_a_model_passed_to_a_method_positionally_or_by_default(
+        registry: CollectorRegistry) -> None:
+    class Client:
+        @track_provider("openai")
+        def complete(self, prompt: str, model: str = "gpt-4o") -> str:
+            return prompt
+
+        @track_provider("openai")
+        async def acomplete(self, model: str, prompt: str) -> str:
+            return prompt
+
+    client = Client()
+    client.complete("a")
+    client.complete("b", "o3")
+    await client.acomplete("o4-mini", "c")
+    assert requests(registry, "ok", "gpt-4o") == 1
+    assert requests(registry, "ok", "o3") == 1
+    assert requests(registry, "ok", "o4-mini") == 1
+    assert requests(registry, "ok", "unknown") == 0
+
+
+def test_without_a_model_argument_the_responses_model_labels_the_call(
+        registry: CollectorRegistry, logs: LogCapture) -> None:
+    @track_provider("anthropic")
+    def message(prompt: str) -> Any:
+        return SimpleNamespace(model="claude-3-5-haiku-20241022", usage=SimpleNamespace(
+            input_tokens=1000, output_tokens=100))
+
+    @track_provider("openai")
+    def stream(prompt: str) -> Iterator[Any]:
+        yield SimpleNamespace(model="gpt-4o-2024-08-06", choices=[], usage=None)
+        yield openai_response(1000, 100)
+
+    message("hi")
+    list(stream("hi"))
+    assert value(registry, "provider_requests_total", provider="anthropic",
+                 model="claude-3-5-haiku-20241022", status="ok") == 1
+    # claude-3-5-haiku: (1000 * 0.8 + 100 * 4.0) / 1e6 = 0.0012
+    assert cost(registry, "anthropic", "claude-3-5-haiku-20241022") == pytest.approx(0.0012)
+    assert requests(registry, "ok", "gpt-4o-2024-08-06") == 1
+    # gpt-4o: (1000 * 2.5 + 100 * 10) / 1e6 = 0.0035
+    assert cost(registry, "openai", "gpt-4o-2024-08-06") == pytest.approx(0.0035)
+    assert value(registry, "provider_request_duration_seconds_count", provider="openai",
+                 model="unknown") == 0
+    assert value(registry, "provider_inflight_requests", provider="openai") == 0
 
 
 def test_decorator_arguments_are_checked() -> None:
@@ -441,6 +517,13 @@ def openai_response(prompt: int, completion: int, cached: int | None = None) -> 
     return SimpleNamespace(choices=[], usage=SimpleNamespace(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
         prompt_tokens_details=details))
+
+
+def unpriced(registry: CollectorRegistry, reason: str | None = None, **labels: str) -> float:
+    """``provider_unpriced_requests_total`` for one reason, or summed over every reason."""
+    reasons = [reason] if reason else ["no_price", "no_usage", "cancelled", "error"]
+    return sum(value(registry, "provider_unpriced_requests_total", reason=r, **labels)
+               for r in reasons)
 
 
 def tokens(registry: CollectorRegistry, provider: str, model: str) -> dict[str, float]:
@@ -468,7 +551,7 @@ def test_openai_response_object_with_cached_tokens(registry: CollectorRegistry,
     assert (event["input_tokens"], event["output_tokens"], event["cached_input_tokens"]) == (
         1000, 500, 400)
     assert event["cost_usd"] == pytest.approx(0.007)
-    assert value(registry, "provider_unpriced_requests_total", provider="openai",
+    assert unpriced(registry, provider="openai",
                  model="gpt-4o") == 0
 
 
@@ -485,9 +568,11 @@ def test_anthropic_response_object_with_cache_reads_and_writes(
     # Anthropic's input_tokens exclude the cache: input = 100 + 2000 read + 1000 written
     assert tokens(registry, "anthropic", model) == {"input": 3100, "output": 300,
                                                    "cached_input": 2000}
-    # claude-3-5-haiku: input 0.8, cached_input 0.08, output 4.0; cache writes at input rate:
-    # ((100 + 1000) * 0.8 + 2000 * 0.08 + 300 * 4.0) / 1e6 = (880 + 160 + 1200) / 1e6 = 0.00224
-    assert cost(registry, "anthropic", model) == pytest.approx(0.00224)
+    assert value(registry, "provider_tokens_total", provider="anthropic", model=model,
+                 type="cache_write") == 1000
+    # claude-3-5-haiku: input 0.8, cached_input 0.08, cache_write 1.0, output 4.0:
+    # (100 * 0.8 + 2000 * 0.08 + 1000 * 1.0 + 300 * 4.0) / 1e6 = (80 + 160 + 1000 + 1200) / 1e6
+    assert cost(registry, "anthropic", model) == pytest.approx(0.00244)
 
 
 def test_anthropic_usage_with_cache_reads(registry: CollectorRegistry) -> None:
@@ -530,8 +615,8 @@ def test_response_without_usage_counts_no_tokens_and_is_unpriced(
     assert tokens(registry, "openai", "gpt-4o") == {"input": 0, "output": 0, "cached_input": 0}
     assert cost(registry, "openai", "gpt-4o") == 0
     # never a silent $0: a successful call without usage has an unknown cost
-    assert value(registry, "provider_unpriced_requests_total", provider="openai",
-                 model="gpt-4o") == 1
+    assert unpriced(registry, "no_usage", provider="openai", model="gpt-4o") == 1
+    assert unpriced(registry, provider="openai", model="gpt-4o") == 1
     assert only_call(logs)["cost_usd"] is None
 
 
@@ -569,6 +654,38 @@ async def test_anthropic_stream_events_carry_usage(registry: CollectorRegistry) 
                                                    "cached_input": 0}
     # claude-sonnet-4: input 3.0, output 15.0: (1000 * 3.0 + 200 * 15.0) / 1e6 = 0.006
     assert cost(registry, "anthropic", model) == pytest.approx(0.006)
+
+
+def test_time_per_output_token_of_a_completed_stream(registry: CollectorRegistry,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """(duration - time to first token) / (output tokens - 1), as the GenAI conventions say;
+    only for a stream that completed with more than one output token."""
+    from instrument import _observe
+
+    @track_provider("openai", "gpt-4o")
+    def stream(output: int) -> Iterator[Any]:
+        yield SimpleNamespace(choices=["x"], usage=None)
+        yield openai_response(100, output)
+
+    @track_provider("openai", "gpt-4o")
+    def plain() -> Any:
+        return openai_response(100, 50)
+
+    ticks = iter([10.0, 12.0, 22.0])  # start, first item, end
+    with monkeypatch.context() as clock:
+        clock.setattr(_observe, "perf_counter", lambda: next(ticks))
+        clock.setattr(_provider, "perf_counter", lambda: next(ticks))
+        list(stream(51))
+    list(stream(1))  # one output token: nothing between tokens to time
+    s = stream(51)
+    next(s)
+    s.close()  # stopped early: its output is unknown
+    plain()  # no first token
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert value(registry, "provider_time_per_output_token_seconds_count", **labels) == 1
+    # (12 s - 2 s) / (51 - 1) = 0.2 s per token
+    assert value(registry, "provider_time_per_output_token_seconds_sum",
+                 **labels) == pytest.approx(0.2)
 
 
 # --- record_usage --------------------------------------------------------------------
@@ -683,7 +800,7 @@ def test_explicit_cost_overrides_the_price_table(registry: CollectorRegistry,
     unlisted()
     assert cost(registry, "openai", "gpt-4o") == pytest.approx(0.5)
     assert cost(registry, "acme", "in-house-llm") == pytest.approx(0.25)
-    assert value(registry, "provider_unpriced_requests_total", provider="acme",
+    assert unpriced(registry, provider="acme",
                  model="in-house-llm") == 0
     assert [e["cost_usd"] for e in logs.events("provider_call")] == [0.5, 0.25]
     assert logs.events("unpriced_model") == []
@@ -710,8 +827,7 @@ def test_unpriced_model_is_counted_and_warned_once_per_model(registry: Collector
     chat(model="my-finetune")
     chat(model="other-finetune")
     for model, calls in (("my-finetune", 2), ("other-finetune", 1)):
-        assert value(registry, "provider_unpriced_requests_total", provider="openai",
-                     model=model) == calls
+        assert unpriced(registry, "no_price", provider="openai", model=model) == calls
         assert cost(registry, "openai", model) == 0
         assert tokens(registry, "openai", model)["input"] == 100 * calls
     warnings = logs.events("unpriced_model")
@@ -734,7 +850,7 @@ def test_unpriced_warnings_are_bounded(registry: CollectorRegistry, logs: LogCap
         chat(model=f"custom-{n}")
     assert [w["model"] for w in logs.events("unpriced_model")] == ["custom-0", "custom-1"]
     assert len(_provider._warned_unpriced) == 2
-    assert value(registry, "provider_unpriced_requests_total", provider="openai",
+    assert unpriced(registry, provider="openai",
                  model="custom-3") == 2  # still counted
 
 
@@ -767,13 +883,36 @@ async def test_abandoned_stream_records_duration_ttft_and_seen_usage(
     assert event["cost_usd"] == pytest.approx(0.001815)
 
 
-def test_abandoned_stream_without_usage_is_not_unpriced(registry: CollectorRegistry) -> None:
+def test_abandoned_stream_without_usage_is_unpriced_not_free(registry: CollectorRegistry) -> None:
+    """Issue 13, point 2: the provider bills the prompt of a stream stopped early."""
     fn, _ = tracked("generator")
     stream = fn()
     next(stream)
     stream.close()
-    assert value(registry, "provider_unpriced_requests_total", provider="openai",
-                 model="gpt-4o") == 0
+    assert unpriced(registry, "cancelled", provider="openai", model="gpt-4o") == 1
+    assert unpriced(registry, provider="openai", model="gpt-4o") == 1
+
+
+@pytest.mark.anyio
+async def test_a_call_cancelled_or_failing_after_its_answer_began_is_unpriced(
+        registry: CollectorRegistry) -> None:
+    cancelled, _ = tracked("coroutine", "block")
+    failed_early, _ = tracked("function", "error")
+    failed_late, _ = tracked("generator", "error")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume, cancelled, "coroutine")
+        await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    with pytest.raises(Boom):
+        failed_early()
+    with pytest.raises(Boom):
+        list(failed_late())
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert unpriced(registry, "cancelled", **labels) == 1
+    # refused before any answer: not billed; failed half-way through its answer: billed
+    assert unpriced(registry, "error", **labels) == 1
+    assert unpriced(registry, **labels) == 2
 
 
 # --- logging of prompts and responses -----------------------------------------------------
@@ -980,7 +1119,7 @@ def test_a_flat_fee_alone_keeps_the_usage_read_from_the_response(
     # gpt-4o: (1000 * 2.5 + 500 * 10) / 1e6 = 0.0075
     assert value(registry, "token_cost_usd_total", **labels) == pytest.approx(0.0075)
     assert value(registry, "api_cost_usd_total", provider="openai") == pytest.approx(0.01)
-    assert value(registry, "provider_unpriced_requests_total", **labels) == 0
+    assert unpriced(registry, **labels) == 0
 
 
 def test_a_call_with_only_a_known_fee_is_not_unpriced(registry: CollectorRegistry) -> None:
@@ -990,5 +1129,5 @@ def test_a_call_with_only_a_known_fee_is_not_unpriced(registry: CollectorRegistr
         return "results"
 
     search()
-    assert value(registry, "provider_unpriced_requests_total", provider="search",
+    assert unpriced(registry, provider="search",
                  model="web") == 0

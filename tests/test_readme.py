@@ -167,3 +167,21 @@ def test_logs_snippet_writes_json_lines_with_the_trace_and_no_secret(tmp_path: P
     assert lines[0]["headers"]["Authorization"] == "[REDACTED]"
     assert lines[1]["logger"] == "myapp"
     assert "sk-secret" not in out.stderr
+
+
+@pytest.mark.slow
+def test_sdks_snippet_streams_from_both_sdks_to_a_local_provider(tmp_path: Path) -> None:
+    from tests.fakes.llm_server import serve_fake_llm
+
+    (tmp_path / "sdks.py").write_text(snippet("sdks"))
+    with serve_fake_llm() as fake:
+        env = {**os.environ, "OPENAI_BASE_URL": fake.openai_url, "OPENAI_API_KEY": "sk-test",
+               "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "sk-ant-test"}
+        out = subprocess.run([sys.executable, "sdks.py"], cwd=tmp_path, timeout=60, env=env,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == ["Hello world", "Hello world"]
+        # both calls went out with the trace of their provider call
+        assert [r.path for r in fake.received] == ["/v1/chat/completions", "/v1/messages"]
+        assert all(re.fullmatch(r"[0-9a-f]{32}", r.headers["x-trace-id"])
+                   for r in fake.received)

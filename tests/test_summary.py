@@ -74,11 +74,12 @@ def populated(registry: CollectorRegistry) -> _metrics.Metrics:
     for seconds in (1.5, 1.5, 1.5, 3.0):
         m.provider_duration.child("openai", "gpt-4o").observe(seconds)
     m.provider_ttft.child("openai", "gpt-4o").observe(0.015)
+    m.provider_tpot.child("openai", "gpt-4o").observe(0.03)
     m.provider_tokens.child("openai", "gpt-4o", "input").inc(1200)
     m.provider_tokens.child("openai", "gpt-4o", "output").inc(300)
     m.provider_tokens.child("openai", "gpt-4o", "cached_input").inc(200)
     m.token_cost.child("openai", "gpt-4o").inc(0.0123)
-    m.unpriced.child("openai", "gpt-4o").inc(0)
+    m.unpriced.child("openai", "gpt-4o", "no_price").inc(0)
     m.api_cost.child("serpapi").inc(0.01)
     # cache: 3 hits, 1 miss
     m.cache_hits.child("redis").inc(3)
@@ -122,8 +123,10 @@ def test_summary_digests_providers_tokens_and_cost(populated: _metrics.Metrics,
         "p95_ms": pytest.approx(2560 + 2560 * 0.8, abs=1e-3),
         "ttft_p50_ms": pytest.approx(15.0, abs=1e-3),  # rank .5 in (0.01, 0.02]
         "ttft_p95_ms": pytest.approx(19.5, abs=1e-3),
+        "tpot_p50_ms": pytest.approx(37.5, abs=1e-3),  # rank .5 in (0.025, 0.05]
+        "tpot_p95_ms": pytest.approx(48.75, abs=1e-3),
         "tokens": {"input": 1200, "output": 300, "cached_input": 200},
-        "cost_usd": 0.0123, "unpriced_requests": 0,
+        "cost_usd": 0.0123, "unpriced_requests": 0, "unpriced_by_reason": {},
     }
     assert doc["cost_usd"] == {"tokens": 0.0123, "api": {"serpapi": 0.01}}
 

@@ -321,8 +321,11 @@ class FakeProviderCall:
     def chunk(self, data: bytes) -> None:
         self.events.append(data)
 
-    def finish(self, status: int | None, exc: BaseException | None, body: bytes | None) -> None:
+    def finish(self, status: int | None, exc: BaseException | None, body: bytes | None,
+               abandoned: bool = False) -> None:
         self.events.append(("finish", status, exc, body))
+        if abandoned:
+            self.events.append("abandoned")
 
 
 @pytest.fixture
@@ -398,6 +401,66 @@ def test_raw_provider_calls_count_as_provider_calls_with_model_usage_and_cost(
     assert value(registry, "token_cost_usd_total", **labels) == pytest.approx(0.014)
     assert value(registry, "provider_time_to_first_token_seconds_count", **labels) == 1
     assert value(registry, "provider_inflight_requests", provider="openai") == 0
+
+
+def _sse_client(body: bytes) -> httpx.Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        chunks = [line + b"\n\n" for line in body.split(b"\n\n") if line]
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              stream=_Chunks(chunks))
+
+    return instrument_client(httpx.Client(transport=httpx.MockTransport(handler)),
+                             providers={"api.openai.com": "openai"})
+
+
+class _Chunks(httpx.SyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+
+
+SSE = (b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+       b'data: {"choices": [{"delta": {"content": "b"}}]}\n\n'
+       b'data: {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2}}\n\n'
+       b"data: [DONE]\n\n")
+
+
+def test_a_raw_stream_abandoned_then_closed_is_cancelled_as_everywhere(
+        registry: CollectorRegistry) -> None:
+    client = _sse_client(SSE)
+    url = "https://api.openai.com/v1/chat/completions"
+    with client.stream("POST", url, json={"model": "gpt-4o", "stream": True}) as response:
+        next(response.iter_raw())
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert value(registry, "provider_requests_total", status="cancelled", **labels) == 1
+    assert value(registry, "provider_requests_total", status="ok", **labels) == 0
+    assert value(registry, "provider_unpriced_requests_total", reason="cancelled",
+                 **labels) == 1
+    assert count(registry, "api.openai.com", "200", method="POST") == 1  # the HTTP status
+
+
+def test_a_provider_call_observed_already_is_not_counted_again(
+        registry: CollectorRegistry) -> None:
+    from instrument import track_provider
+
+    client = _sse_client(SSE)
+    seen: list[httpx.Headers] = []
+
+    @track_provider("openai", "gpt-4o")
+    def call() -> bytes:
+        with client.stream("POST", "https://api.openai.com/v1/chat/completions",
+                           json={"model": "gpt-4o", "stream": True}) as response:
+            seen.append(response.request.headers)
+            return response.read()
+
+    with trace_span("handler") as span:
+        call()
+    assert seen[0]["x-trace-id"] == span.trace_id  # headers still go out
+    assert count(registry, "api.openai.com", "200", method="POST") == 1  # client metrics too
+    assert value(registry, "provider_requests_total", provider="openai", model="gpt-4o",
+                 status="ok") == 1
 
 
 @pytest.mark.parametrize("providers, error", [
@@ -513,3 +576,44 @@ async def test_async_mock_transport_sees_headers_and_instrumenting_twice_counts_
     assert response.content == b"one two"
     assert_trace_headers(seen[0], span)
     assert count(registry, "mock.test", "200") == 1
+
+
+# -- httpx2 (the package the current OpenAI and Anthropic SDKs use) ---------------------------
+
+def test_an_httpx2_client_gets_the_same_headers_and_metrics(upstream: Upstream,
+                                                             registry: CollectorRegistry) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+    with instrument_client(httpx2.Client()) as client, trace_span("call") as span:
+        assert client.get(f"{upstream.url}/echo").content == BODY
+        with client.stream("GET", f"{upstream.url}/slow") as response:
+            assert list(response.iter_raw()) == SLOW_CHUNKS
+    assert_trace_headers(upstream.headers("/echo"), span)
+    assert count(registry, upstream.host, "200") == 2
+    assert isinstance(client._transport, adapter.Httpx2InstrumentedTransport)
+    assert isinstance(client._transport, httpx2.BaseTransport)
+
+
+@pytest.mark.anyio
+async def test_an_async_httpx2_client_gets_the_same_headers_and_metrics(
+        upstream: Upstream, registry: CollectorRegistry) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+    async with instrument_client(httpx2.AsyncClient()) as client:
+        async with trace_span("call") as span:
+            assert (await client.get(f"{upstream.url}/echo")).content == BODY
+    assert_trace_headers(upstream.headers("/echo"), span)
+    assert count(registry, upstream.host, "200") == 1
+
+
+def test_httpx2_mock_transport_and_provider_calls(registry: CollectorRegistry) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+
+    def handler(request: Any) -> Any:
+        return httpx2.Response(200, json={"usage": {"prompt_tokens": 10,
+                                                    "completion_tokens": 2}})
+
+    client = instrument_client(httpx2.Client(transport=httpx2.MockTransport(handler)),
+                               providers={"api.openai.com": "openai"})
+    client.post("https://api.openai.com/v1/chat/completions", json={"model": "gpt-4o"})
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert value(registry, "provider_requests_total", status="ok", **labels) == 1
+    assert value(registry, "provider_tokens_total", type="input", **labels) == 10

@@ -81,7 +81,9 @@ def _check_summary(summary: dict[str, Any]) -> None:
         assert p["ttft_p50_ms"] > 0 and p["ttft_p95_ms"] >= p["ttft_p50_ms"]
         assert min(p["tokens"].values()) > 0  # input, output and cached input
         assert p["cost_usd"] > 0
-        assert p["unpriced_requests"] == 0
+        # every model is priced and reports usage: only streams the gateway gave up on
+        # (a client gone, a fallback) and calls failing half-way are of unknown cost
+        assert set(p["unpriced_by_reason"]) <= {"cancelled", "error"}
     assert summary["cost_usd"]["tokens"] > 0
     (cache,) = summary["caches"]
     assert cache["cache"] == "answers" and cache["hits"] > 0 and cache["hit_ratio"] > 0
