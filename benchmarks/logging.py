@@ -87,7 +87,7 @@ def _events() -> dict[str, Callable[[], Any]]:
     req.bytes_sent = 14
     with instrument.use_trace_id(TRACE):
         call = ProviderCall(m, "openai", "gpt-4o-mini", "chat", False, None)
-        call.usage.merge((120, 40, 0))
+        call.usage.merge((120, 40, 0, 0, 0))
         stream = SSEStream(m, "/chat/stream", None)
     stream.events, stream.heartbeats = 12, 1
     return {

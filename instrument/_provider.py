@@ -293,15 +293,15 @@ class ProviderCall(TracedObserver):
         """Once per (provider, model), however many decorated functions use it."""
         key = (self.provider, self.model)
         # model names come from callers, so the memory of warnings is bounded
-        if key in _warned_unpriced or len(_warned_unpriced) >= _MAX_WARNED:
+        if (key in _warned_unpriced or len(_warned_unpriced) >= _MAX_WARNED
+                or not log_enabled(30)):
             return
         _warned_unpriced.add(key)
-        if log_enabled(30):
-            emit("WARNING", f"no price or no usage for {key[0]}/{key[1]}: its cost is not "
-                 "counted; add it with instrument.load_prices() or call "
-                 "record_usage(cost_usd=...)", {"event": "unpriced_model", "provider": key[0],
-                                                "model": key[1],
-                                                "trace_id": self.trace.trace_id})
+        emit("WARNING", f"no price or no usage for {key[0]}/{key[1]}: its cost is not "
+             "counted; add it with instrument.load_prices() or call "
+             "record_usage(cost_usd=...)", {"event": "unpriced_model", "provider": key[0],
+                                            "model": key[1],
+                                            "trace_id": self.trace.trace_id})
 
     def _log(self, status: str, exc: BaseException | None, latency: float, ttft: float | None,
              cost: float | None, result: Any) -> None:

@@ -54,6 +54,7 @@ def call(fail=False):
 
 @instrument.track_provider("acme", "no-price")
 def unpriced():
+    instrument.record_usage(input_tokens=5, output_tokens=1)  # tokens, but no price known
     return "answer"
 
 @instrument.track_cache("memo")
