@@ -24,6 +24,7 @@ from instrument import _metrics
 from instrument._context import TraceContext, _current, make_context
 from instrument._exposition import make_wsgi_app
 from instrument._http import ServerRequest, current_request
+from instrument._loggate import log_enabled
 from instrument._metrics import gunicorn_child_exit  # the documented import path for gunicorn
 from instrument._propagation import extract_wsgi, incoming_trace, trace_headers
 
@@ -184,7 +185,8 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
         req = ServerRequest(environ.get("REQUEST_METHOD", "GET"),
                             environ.get("SCRIPT_NAME", "") + path, environ,
                             f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
-                            if access_log else None, access_log, metrics, extract_wsgi)
+                            if access_log and log_enabled(20) else None, access_log, metrics,
+                            extract_wsgi)
         # The request's own context: the app call, each body step and close() run in it, so
         # the trace is bound there once (never reset: the context is dropped with the
         # response) and the server's context is never touched.

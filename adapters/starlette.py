@@ -24,6 +24,7 @@ from instrument import _metrics
 from instrument._context import _current, make_context
 from instrument._exposition import make_asgi_app
 from instrument._http import ServerRequest
+from instrument._loggate import log_enabled
 from instrument._propagation import (
     extract_asgi,
     extract_context,
@@ -152,7 +153,8 @@ class InstrumentMiddleware:
             else:
                 await _untimed(scope, receive, send, self.app)
             return
-        client = scope.get("client") if self.access_log else None
+        # the client's address is only formatted for an access line that will be written
+        client = scope.get("client") if self.access_log and log_enabled(20) else None
         observer = ServerRequest(scope["method"], path, scope.get("headers", ()),
                                  f"{client[0]}:{client[1]}" if client else None,
                                  self.access_log, self._metrics, extract_asgi)

@@ -91,7 +91,7 @@ def _events() -> dict[str, Callable[[], Any]]:
         stream = SSEStream(m, "/chat/stream", None)
     stream.events, stream.heartbeats = 12, 1
     return {
-        "access": lambda: req._log("/items/{item_id}", 200, 0.001234, False),
+        "access": lambda: req._log("/items/{item_id}", 200, 0.001234, False, True),
         "provider": lambda: call._log("ok", None, 0.8123, 0.2012, 0.0000420, None),
         "sse": lambda: stream.log_end("completed", 2.5, None),
         "cache": lambda: log_lookup("semantic", True, 0.00042),

@@ -222,18 +222,22 @@ class ServerRequest:
                 self.metrics.http_errors.child(self.method, route, str(status)).inc()
             if self._stream_start:
                 self._close_fallback_stream()
-            if (failed and log_enabled(40)) or (self.access_log and log_enabled(20)):
-                self._log(route, status, elapsed, failed)
+            log_error = failed and log_enabled(40)
+            log_access = self.access_log and log_enabled(20)
+            if log_error or log_access:
+                self._log(route, status, elapsed, log_error, log_access)
         except Exception as exc:
             _metrics.report_internal_error("http_request", exc)
 
-    def _log(self, route: str, status: int, elapsed: float, failed: bool) -> None:
+    def _log(self, route: str, status: int, elapsed: float, log_error: bool,
+             log_access: bool) -> None:
+        """The request's lines that ``finish`` found wanted (each level checked once there)."""
         method, trace_id, span_id = self.method, self.trace_id, self.span_id
-        if failed and log_enabled(40):
+        if log_error:
             emit("ERROR", f"unhandled exception while serving {method} {self.path}", {
                 "event": "unhandled_exception", "method": method, "route": route,
                 "path": self.path, "trace_id": trace_id, "span_id": span_id}, self.error)
-        if self.access_log and log_enabled(20):
+        if log_access:
             emit("INFO", f"{method} {self.path} {status}", {
                 "event": "request", "method": method, "route": route, "path": self.path,
                 "status": status, "latency_ms": round(elapsed * 1000, 3),

@@ -80,6 +80,3 @@ class LineQueue:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
         atexit.unregister(self.stop)
-
-    def pending(self) -> int:
-        return len(self._lines)
