@@ -107,6 +107,20 @@ CATALOG: tuple[MetricSpec, ...] = (
                ("provider", "model", "type"), "tokens"),
     MetricSpec("provider_inflight_requests", "gauge", "LLM provider calls in flight now.",
                ("provider",), "requests"),
+    MetricSpec("provider_retries_total", "counter",
+               "HTTP attempts beyond the first within one provider call (the SDKs retry 429s "
+               "and 5xx by themselves).",
+               ("provider", "model"), "attempts"),
+    MetricSpec("provider_fallbacks_total", "counter",
+               "Calls a gateway moved from one provider to another (mark_fallback).",
+               ("provider", "to_provider"), "calls"),
+    MetricSpec("provider_ratelimit_remaining", "gauge",
+               "Rate-limit headroom the provider reported in its latest response headers, by "
+               "kind: requests, tokens, input_tokens, output_tokens.",
+               ("provider", "model", "kind"), "units", multiprocess_mode="mostrecent"),
+    MetricSpec("provider_ratelimit_limit", "gauge",
+               "Rate limit the provider reported in its latest response headers, by kind.",
+               ("provider", "model", "kind"), "units", multiprocess_mode="mostrecent"),
     # cost
     MetricSpec("token_cost_usd_total", "counter", "Token cost in US dollars.",
                ("provider", "model"), "USD"),

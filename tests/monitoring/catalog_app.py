@@ -20,7 +20,8 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "provider": ("openai",), "model": ("gpt-4o",), "error_type": ("timeout",),
     "type": ("input", "output", "cached_input"), "cache": ("prompt",), "span": ("handler",),
     "where": ("sse",), "metric": ("provider_requests_total",), "label": ("model",),
-    "reason": ("no_price", "cancelled"),
+    "reason": ("no_price", "cancelled"), "to_provider": ("anthropic",),
+    "kind": ("requests", "tokens"),
 }
 #: Template variable values that select the fake data.
 SELECTED = {"provider": "openai", "model": "gpt-4o", "route": "/chat", "endpoint": "/stream"}
