@@ -21,21 +21,21 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._exposition import respond, split_metrics_path
-from instrument._http import ClientRequest, ServerRequest, current_request
+from instrument._context import _current, current_request
+from instrument._exposition import respond
+from instrument._gate import Gate, Unmeasured
+from instrument._http import ClientRequest, ServerRequest, host_label
 
 __all__ = ["client_trace_config", "instrument_app"]
 
 _INSTRUMENTED = web.AppKey("instrument_instrumented", bool)
+#: an unmeasured request's trace headers, for _on_prepare
+_UNTIMED = web.RequestKey("instrument_trace_headers", list)
+#: a measured request's bound trace, once the middleware returned before the body ended
+_TOKEN = web.RequestKey("instrument_token", contextvars.Token)
 
 
-class _Request(ServerRequest):
-    """The core's observer, plus whether the middleware has returned (see ``_end``)."""
-
-    returned = False
-
-
-def instrument_app(app: web.Application, *, metrics_path: str = "/metrics",
+def instrument_app(app: web.Application, *, metrics_path: str | None = "/metrics",
                    access_log: bool = True, exclude_paths: Iterable[str] = (),
                    registry: CollectorRegistry | None = None) -> web.Application:
     """Trace, measure and log every request of ``app``; serve the metrics routes. Idempotent."""
@@ -44,27 +44,33 @@ def instrument_app(app: web.Application, *, metrics_path: str = "/metrics",
     if app.frozen or app.middlewares.frozen:
         raise RuntimeError("instrument_app() must be called before the aiohttp application "
                            "starts (this one is frozen): call it right after building the app")
-    metrics = None if registry is None else _metrics.metrics_for(registry)
-    excluded = frozenset(exclude_paths)
+    gate = Gate(metrics_path=metrics_path, access_log=access_log, exclude_paths=exclude_paths,
+                registry=registry)
 
     @web.middleware
     async def instrument_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        sub = split_metrics_path(request.path, metrics_path)
-        if sub is not None and request.method in ("GET", "HEAD"):
-            out = respond(sub, request.headers.get("Accept"), registry, request.query_string)
-            return web.Response(body=out.body, status=out.status,
-                                headers={"Content-Type": out.content_type})
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await handler(request)
+        obs = gate.open(request.method, request.path, request.headers, request.remote)
+        if isinstance(obs, Unmeasured):
+            if obs.nested:
+                return await handler(request)
+            trace, request[_UNTIMED] = gate.untimed(request.headers)
+            token = _current.set(trace)
+            try:
+                if obs.metrics_route is not None and request.method in ("GET", "HEAD"):
+                    out = respond(obs.metrics_route, request.headers.get("Accept"), registry,
+                                  request.query_string)
+                    return web.Response(body=out.body, status=out.status,
+                                        headers={"Content-Type": out.content_type})
+                return await handler(request)
+            finally:
+                _current.reset(token)
         resource = request.match_info.route.resource  # None for the router's 404/405
-        route = None if resource is None else resource.canonical
-        if (current_request() is not None or request.path in excluded or route in excluded
-                or request.headers.get("Upgrade", "").lower() == "websocket"):
-            return await handler(request)  # excluded, websocket, or observed by a parent app
-        obs = _Request(request.method, request.path, request.headers, request.remote,
-                       access_log, metrics)
-        obs.set_route(route)
+        obs.set_route(None if resource is None else resource.canonical)
         if task := asyncio.current_task():  # aiohttp runs each request in a task of its own
             task.add_done_callback(lambda _: _abandoned(obs, request))
-        obs.enter()
+        token = obs.enter()
         try:
             return await handler(request)
         except BaseException as exc:
@@ -77,9 +83,10 @@ def instrument_app(app: web.Application, *, metrics_path: str = "/metrics",
                 obs.finish()  # headers already out, or nobody listening: nothing more to send
             raise
         finally:
-            obs.returned = True
             if obs.finished:
-                obs.exit()
+                obs.exit(token)
+            else:  # the body ends later (see _end): the trace stays bound until then
+                request[_TOKEN] = token
 
     app.middlewares.insert(0, instrument_middleware)
     app.on_response_prepare.append(_on_prepare)
@@ -94,18 +101,20 @@ def _gone(request: web.BaseRequest) -> bool:
 async def _on_prepare(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """Trace headers out, status and content type in, the body's end hooked; once a request."""
     obs = current_request()
-    if not isinstance(obs, _Request) or obs.status is not None:
-        return
     try:
+        if obs is None or obs.status is not None:  # unmeasured, or a second prepare
+            for name, value in request.get(_UNTIMED) or ():
+                response.headers[name] = value
+            return
         for name, value in obs.response_headers():
             response.headers[name] = value
-        obs.response_started(response.status, response.content_type)
+        obs.response_started(response.status, response.content_type == "text/event-stream")
         _watch(obs, request, response)
     except Exception as exc:
         _metrics.report_internal_error("aiohttp_prepare", exc)
 
 
-def _watch(obs: _Request, request: web.BaseRequest, response: web.StreamResponse) -> None:
+def _watch(obs: ServerRequest, request: web.BaseRequest, response: web.StreamResponse) -> None:
     write, write_eof = response.write, response.write_eof  # shadowed on this instance only
 
     async def tracked_write(data: bytes | bytearray | memoryview) -> None:
@@ -114,7 +123,7 @@ def _watch(obs: _Request, request: web.BaseRequest, response: web.StreamResponse
         except ConnectionError:
             obs.client_disconnected()
             raise
-        obs.body_sent(data if isinstance(data, bytes) else bytes(data))
+        obs.body_sent(data)
 
     async def tracked_write_eof(data: bytes = b"") -> None:
         try:
@@ -129,21 +138,21 @@ def _watch(obs: _Request, request: web.BaseRequest, response: web.StreamResponse
         finally:
             if not obs.bytes_sent and request.method != "HEAD":  # Response, FileResponse
                 obs.bytes_sent = response.content_length or 0
-            _end(obs)
+            _end(obs, request)
 
     response.write = tracked_write  # type: ignore[method-assign]
     response.write_eof = tracked_write_eof  # type: ignore[method-assign]
 
 
-def _end(obs: _Request) -> None:
+def _end(obs: ServerRequest, request: web.BaseRequest) -> None:
     # The trace stays bound until the middleware has returned too: the handler may run on
     # after its own write_eof, and aiohttp's 500 and error log then carry the trace ID.
     obs.finish()
-    if obs.returned:
-        obs.exit()
+    if (token := request.get(_TOKEN)) is not None:
+        obs.exit(token)
 
 
-def _abandoned(obs: _Request, request: web.BaseRequest) -> None:
+def _abandoned(obs: ServerRequest, request: web.BaseRequest) -> None:
     """The request's task is done: a response that never completed (prepare failed) ends here."""
     if not obs.finished:
         if _gone(request):
@@ -164,9 +173,8 @@ def client_trace_config(*, registry: CollectorRegistry | None = None) -> aiohttp
         try:
             for name, value in ClientRequest.headers():
                 params.headers[name] = value
-            url, host = params.url, params.url.host or ""
-            if not url.is_default_port():
-                host = f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+            url = params.url
+            host = host_label(url.host or "", None if url.is_default_port() else url.port)
             call, context = ClientRequest(params.method, host, metrics), contextvars.copy_context()
 
             def finish(status: int | None, exc: BaseException | None = None) -> None:

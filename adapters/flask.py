@@ -21,19 +21,18 @@ except ImportError as exc:
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import TraceContext, _current, make_context
+from instrument._context import TraceContext, _current, current_request
 from instrument._exposition import make_wsgi_app
-from instrument._http import ServerRequest, current_request
-from instrument._loggate import log_enabled
+from instrument._gate import Gate, Unmeasured, merge_headers
+from instrument._http import ServerRequest
 from instrument._metrics import gunicorn_child_exit  # the documented import path for gunicorn
-from instrument._propagation import extract_wsgi, incoming_trace, trace_headers
+from instrument._propagation import extract_wsgi
 
 __all__ = ["gunicorn_child_exit", "instrument_app"]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-_TRACE_HEADERS = frozenset({"x-trace-id", "traceparent"})
 _END: Any = object()
 
 
@@ -55,32 +54,19 @@ class _Response:
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Any:
         req = self._req
-        content_type, ours = None, False
-        for name, value in headers:
-            if name == "Content-Type":  # Werkzeug's spelling: no lower()
-                content_type = value
-                continue
-            size = len(name)
-            if size == 12:
-                if name.lower() == "content-type":
-                    content_type = value
-            elif (size == 10 or size == 11) and name.lower() in _TRACE_HEADERS:
-                ours = True
-        if ours:  # the app set them itself: the request's trace wins, never two values
-            headers = [h for h in headers if h[0].lower() not in _TRACE_HEADERS]
-        self._headers = headers
+        self._headers, sse = merge_headers(headers, req.response_headers())
         try:
             if req.route is None:  # no rule matched (a 404/405): __unmatched__
                 rule = ctx.request.url_rule if (ctx := _cv_request.get(None)) is not None else None
                 req.set_route(rule.rule if rule is not None else None)
             code = int(status[:3])
             if req.status is None:
-                req.response_started(code, content_type)
+                req.response_started(code, sse)
             else:  # an error handler replaced a response not yet sent
                 req.status = code
         except Exception as err:
             _metrics.report_internal_error("flask_start_response", err)
-        return self._start_response(status, headers + req.response_headers(), exc_info)
+        return self._start_response(status, self._headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
         # The server reads the body after the app call: each step runs in the request's
@@ -88,10 +74,7 @@ class _Response:
         req, it, run = self._req, iter(self._inner), self._context.run
         try:
             while (chunk := run(next, it, _END)) is not _END:
-                if req.sse:
-                    req.body_sent(chunk)
-                else:
-                    req.bytes_sent += len(chunk)
+                req.body_sent(chunk)
                 yield chunk
         except Exception as err:  # the app's body failed: its error, not the client's
             req.failed(err)
@@ -116,10 +99,7 @@ class _Response:
         finally:
             if (token := self._server_token) is not None:
                 self._server_token = None
-                try:
-                    _current.reset(token)
-                except ValueError:  # closed from another context: nothing to restore
-                    pass
+                req.exit(token)
 
     def __del__(self) -> None:  # never closed by the server: count it, leave contexts alone
         if not getattr(self, "_closed", True):
@@ -143,14 +123,14 @@ def _pass_file(response: _Response, inner: Any) -> Iterable[bytes]:
     return file
 
 
-def _untimed(environ: Environ, start_response: StartResponse, app: WSGIApp) -> Iterable[bytes]:
+def _untimed(gate: Gate, environ: Environ, start_response: StartResponse,
+             app: WSGIApp) -> Iterable[bytes]:
     """Serve unmeasured (no trace counted either); the trace ID still goes in and out."""
-    trace_id, parent, _valid = extract_wsgi(environ)
-    token = _current.set(incoming_trace(trace_id, parent))
+    trace, extra = gate.untimed(environ)
+    token = _current.set(trace)
     try:
-        extra = trace_headers()
         return app(environ, lambda status, headers, exc_info=None:
-                   start_response(status, headers + extra, exc_info))
+                   start_response(status, merge_headers(headers, extra)[0], exc_info))
     finally:
         _current.reset(token)
 
@@ -165,39 +145,30 @@ def instrument_app(app: Flask, *, metrics_path: str | None = "/metrics", access_
     """
     if "instrument" in app.extensions:
         return app
+    gate = Gate(metrics_path=metrics_path, access_log=access_log, exclude_paths=exclude_paths,
+                registry=registry, extract=extract_wsgi)
     wsgi_app, metrics_app = app.wsgi_app, make_wsgi_app(registry, metrics_path or "/metrics")
-    base, excluded = (metrics_path or "").rstrip("/"), tuple(exclude_paths)
-    metrics_paths = frozenset((base, base + "/", base + "/health", base + "/summary")
-                              if metrics_path else ())
-    exact = frozenset(p for p in excluded if not p.endswith("*"))
-    prefixes = tuple(p[:-1] for p in excluded if p.endswith("*"))
-    metrics = _metrics.metrics_for(registry) if registry is not None else None
 
     def instrumented(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO") or "/"
-        if path in metrics_paths:
-            return _untimed(environ, start_response, metrics_app)
-        if path in exact or (prefixes and path.startswith(prefixes)):
-            return _untimed(environ, start_response, wsgi_app)
-        # current_request(), inlined here and in preprocess_request: both run per request
-        if (ctx := _current.get()) is not None and ctx.request is not None:
-            return wsgi_app(environ, start_response)  # inside another instrumented app
-        req = ServerRequest(environ.get("REQUEST_METHOD", "GET"),
-                            environ.get("SCRIPT_NAME", "") + path, environ,
-                            f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
-                            if access_log and log_enabled(20) else None, access_log, metrics,
-                            extract_wsgi)
+        req = gate.open(environ.get("REQUEST_METHOD", "GET"), path, environ,
+                        (environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"))
+                        if gate.access_log else None, environ.get("SCRIPT_NAME", "") + path)
+        if isinstance(req, Unmeasured):
+            if req.nested:
+                return wsgi_app(environ, start_response)
+            return _untimed(gate, environ, start_response,
+                            wsgi_app if req.metrics_route is None else metrics_app)
         # The request's own context: the app call, each body step and close() run in it, so
         # the trace is bound there once (never reset: the context is dropped with the
         # response) and the server's context is never touched.
         context = copy_context()
-        trace = make_context((req.trace_id, req.span_id, None, req))
-        context.run(_current.set, trace)
+        context.run(req.enter)
         response = _Response(req, start_response, context)
         if "werkzeug.socket" in environ:
             # werkzeug's development server writes its access line from its own context, as
             # the body starts: bound there too (until close) so that line carries the trace.
-            response._server_token = _current.set(trace)
+            response._server_token = req.enter()
         try:
             inner = response._inner = context.run(wsgi_app, environ, response.start_response)
         except BaseException as err:  # PROPAGATE_EXCEPTIONS: the server makes the 500

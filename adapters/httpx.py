@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
 from instrument._context import _current
-from instrument._http import ClientRequest
+from instrument._http import ClientRequest, host_label
 from instrument._rawprovider import RawProviderCall
 
 __all__ = ["AsyncInstrumentedTransport", "InstrumentedTransport", "instrument_client"]
@@ -77,8 +77,7 @@ class _Call:
             for name, value in ClientRequest.headers():
                 request.headers[name] = value
         host, port = request.url.host, request.url.port  # port is None for the scheme's default
-        label = host if port is None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.request = ClientRequest(request.method, label, wrapper.metrics)
+        self.request = ClientRequest(request.method, host_label(host, port), wrapper.metrics)
         provider = wrapper.providers.get(host) if wrapper.providers else None
         trace = self.trace
         if (provider is not None and trace is not None and trace.usage is not None

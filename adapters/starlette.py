@@ -20,47 +20,16 @@ except ImportError as exc:  # pragma: no cover - tested with sys.modules patched
 
 from prometheus_client import CollectorRegistry
 
-from instrument import _metrics
-from instrument._context import _current, make_context
+from instrument._context import _current
+from instrument._engine import status_of
 from instrument._exposition import make_asgi_app
+from instrument._gate import Gate, Unmeasured, merge_headers, raw_headers
 from instrument._http import ServerRequest
-from instrument._loggate import log_enabled
-from instrument._propagation import (
-    extract_asgi,
-    extract_context,
-    incoming_trace,
-    trace_headers,
-)
-from instrument._span import outcome_of
+from instrument._propagation import extract_asgi
 
 __all__ = ["InstrumentMiddleware", "instrument_app"]
 
 A = TypeVar("A", bound=ASGIApp)
-_TRACE_NAMES = frozenset({b"x-trace-id", b"traceparent"})
-_SSE = "text/event-stream"
-
-
-def _add_headers(message: Message, trace: list[tuple[bytes, bytes]]) -> bool:
-    """Put the trace headers on a response start (replacing the app's); True for an SSE body.
-
-    Names are compared case-insensitively (not every app lower-cases them), but only
-    lower-cased when their length matches.
-    """
-    sse = False
-    clash = False
-    headers = message.get("headers", ())
-    for name, value in headers:
-        size = len(name)
-        if size == 12:
-            if name.lower() == b"content-type":
-                sse = value.startswith(b"text/event-stream")
-        elif (size == 10 or size == 11) and name.lower() in _TRACE_NAMES:
-            clash = True
-    if clash:  # the app set them itself: the request's trace wins, never two values
-        headers = [pair for pair in headers if pair[0].lower() not in _TRACE_NAMES]
-    # a new list: the app may send its own again (Starlette's raw_headers)
-    message["headers"] = [*headers, *trace]
-    return sse
 
 
 def _template(scope: Scope, root: str) -> str | None:
@@ -128,45 +97,35 @@ class InstrumentMiddleware:
                  access_log: bool = True, exclude_paths: Iterable[str] = (),
                  registry: CollectorRegistry | None = None) -> None:
         self.app = app
-        self.access_log = access_log
-        self._metrics = None if registry is None else _metrics.metrics_for(registry)
+        self.gate = Gate(metrics_path=metrics_path, access_log=access_log,
+                         exclude_paths=exclude_paths, registry=registry, extract=extract_asgi)
         self._metrics_app = make_asgi_app(registry, metrics_path) if metrics_path else None
-        base = (metrics_path or "").rstrip("/")
-        self._metrics_paths = frozenset(
-            (base, base + "/", base + "/health", base + "/summary") if metrics_path else ())
-        excluded = list(exclude_paths)
-        self._prefixes = tuple(p[:-1] for p in excluded if p.endswith("*"))
-        # served unmeasured: the metrics routes and the exact exclusions (one lookup)
-        self._unmeasured = self._metrics_paths | {p for p in excluded if not p.endswith("*")}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or ((ctx := _current.get()) is not None
-                                       and ctx.request is not None):
-            await self.app(scope, receive, send)  # websocket, lifespan, an instrumented mount
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # websocket, lifespan
             return
         root, path = scope.get("root_path", ""), scope["path"]
-        route_path = path[len(root):] if root and path.startswith(root) else path
-        if route_path in self._unmeasured or (
-                self._prefixes and route_path.startswith(self._prefixes)):
-            if route_path in self._metrics_paths and self._metrics_app is not None:
-                await _untimed({**scope, "path": route_path}, receive, send, self._metrics_app)
+        local = path[len(root):] if root and path.startswith(root) else path
+        req = self.gate.open(scope["method"], local, scope.get("headers", ()),
+                             scope.get("client"), path)
+        if isinstance(req, Unmeasured):
+            if req.nested:
+                await self.app(scope, receive, send)
+            elif req.metrics_route is not None and self._metrics_app is not None:
+                await self._untimed({**scope, "path": local}, receive, send, self._metrics_app)
             else:
-                await _untimed(scope, receive, send, self.app)
+                await self._untimed(scope, receive, send, self.app)
             return
-        # the client's address is only formatted for an access line that will be written
-        client = scope.get("client") if self.access_log and log_enabled(20) else None
-        observer = ServerRequest(scope["method"], path, scope.get("headers", ()),
-                                 f"{client[0]}:{client[1]}" if client else None,
-                                 self.access_log, self._metrics, extract_asgi)
         complete = False
 
         async def receive_observed() -> Message:
             message = await receive()
             if message["type"] == "http.disconnect":
                 if not complete:  # servers also say so once the response is complete
-                    observer.client_disconnected()
-            elif observer.route is None:  # routing is done once the handler reads the body
-                _resolve(observer, scope, root)
+                    req.client_disconnected()
+            elif req.route is None:  # routing is done once the handler reads the body
+                _resolve(req, scope, root)
             return message
 
         async def send_observed(message: Message) -> None:
@@ -174,63 +133,60 @@ class InstrumentMiddleware:
             kind = message["type"]
             if kind == "http.response.body":
                 if body := message.get("body"):
-                    if observer.sse:
-                        observer.body_sent(body if type(body) is bytes else bytes(body))
-                    else:
-                        observer.bytes_sent += len(body)
+                    req.body_sent(body)
                 last = not message.get("more_body", False)
             else:
                 last = kind == "http.response.pathsend"
                 if kind == "http.response.start":
-                    sse = _add_headers(message, observer.raw_response_headers())
-                    if observer.route is None:  # routing is over: a template, or unmatched
-                        observer.set_route(_template(scope, root))
-                    observer.response_started(message["status"], _SSE if sse else None)
+                    # a new list: the app may send its own again (Starlette's raw_headers)
+                    message["headers"], sse = merge_headers(message.get("headers", ()),
+                                                            req.raw_response_headers())
+                    if req.route is None:  # routing is over: a template, or unmatched
+                        req.set_route(_template(scope, root))
+                    req.response_started(message["status"], sse)
             try:
                 await send(message)
             except OSError:  # the client is gone (uvicorn's ClientDisconnected is an OSError)
-                observer.client_disconnected()
+                req.client_disconnected()
                 raise
             if last:
                 complete = True
                 # Starlette runs BackgroundTasks after this send: stop the clock now. A 5xx
                 # waits for the app to return, so the exception behind it is recorded too.
-                if (observer.status or 500) < 500:
-                    observer.finish()
+                if (req.status or 500) < 500:
+                    req.finish()
 
-        # the request's trace, reset below in this same task
-        token = _current.set(make_context((observer.trace_id, observer.span_id, None, observer)))
+        token = req.enter()
         try:
             await self.app(scope, receive_observed, send_observed)
         except BaseException as exc:
-            if not (isinstance(exc, ClientDisconnect) or outcome_of(exc) == "cancelled"):
-                observer.failed(exc)
+            if not (isinstance(exc, ClientDisconnect) or status_of(exc) == "cancelled"):
+                req.failed(exc)
             elif not complete:  # e.g. Hypercorn cancels the app when the client leaves
-                observer.client_disconnected()
+                req.client_disconnected()
             raise
         finally:
-            if not observer.finished:
-                if observer.route is None:  # no response (cancelled, or the app sent none)
-                    _resolve(observer, scope, root)
-                observer.finish()
+            if not req.finished:
+                if req.route is None:  # no response (cancelled, or the app sent none)
+                    _resolve(req, scope, root)
+                req.finish()
             _current.reset(token)
 
-
-async def _untimed(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
-    """Serve without measuring (no trace counted); the trace ID still goes in and out."""
-    token = _current.set(incoming_trace(*extract_context(scope.get("headers", ()))))
-    try:
-        trace = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                 for name, value in trace_headers()]
+    async def _untimed(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Serve unmeasured (no trace counted); the trace ID still goes in and out."""
+        trace, pairs = self.gate.untimed(scope.get("headers", ()))
+        headers = raw_headers(pairs)
 
         async def send_traced(message: Message) -> None:
             if message["type"] == "http.response.start":
-                _add_headers(message, trace)
+                message["headers"], _sse = merge_headers(message.get("headers", ()), headers)
             await send(message)
 
-        await app(scope, receive, send_traced)
-    finally:
-        _current.reset(token)
+        token = _current.set(trace)
+        try:
+            await app(scope, receive, send_traced)
+        finally:
+            _current.reset(token)
 
 
 def instrument_app(app: A, *, metrics_path: str | None = "/metrics", access_log: bool = True,

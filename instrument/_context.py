@@ -76,6 +76,13 @@ def current() -> TraceContext | None:
     return _current.get()
 
 
+def current_request() -> Any:
+    """The served request (``instrument._http.ServerRequest``) of this context, or None: it
+    rides on the one trace context variable, so serving a request sets a single variable."""
+    ctx = _current.get()
+    return ctx.request if ctx is not None else None
+
+
 def is_valid_trace_id(value: object) -> bool:
     """True when ``value`` is 1-128 characters of ``[A-Za-z0-9._:-]``."""
     return isinstance(value, str) and _VALID_ID.fullmatch(value) is not None

@@ -32,6 +32,9 @@ CLOSED = "closed"  # the consumer stopped early: break, close()/aclose(), or gar
 
 _CANCEL_NAMES = frozenset({"CancelledError", "Cancelled"})
 
+#: the status a call is recorded with, per outcome: stopping early is a cancellation
+STATUS = {OK: "ok", ERROR: "error", CANCELLED: "cancelled", CLOSED: "cancelled"}
+
 
 def outcome_for(exc: BaseException) -> str:
     """Map an exception that ended a call to its outcome."""
@@ -42,6 +45,11 @@ def outcome_for(exc: BaseException) -> str:
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return CANCELLED
     return ERROR
+
+
+def status_of(exc: BaseException | None) -> str:
+    """ok, error or cancelled for a call that ended with ``exc`` (None: it returned)."""
+    return OK if exc is None else STATUS[outcome_for(exc)]
 
 
 class Observer:

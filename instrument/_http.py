@@ -1,7 +1,6 @@
-"""The request observers every adapter drives: one for served requests, one for outbound calls.
-
-Adapters translate their framework's hooks into these few calls; everything
-measured, labelled and logged about an HTTP request is decided here, once.
+"""The request observers: one for served requests (made by ``instrument._gate``), one for
+outbound calls. Everything measured, labelled and logged about an HTTP request is
+decided here, once; adapters only translate their framework's hooks into these calls.
 """
 
 from __future__ import annotations
@@ -18,12 +17,19 @@ from instrument._context import (
     accept_trace_id,
     is_w3c_trace_id,
     make_context,
-    new_span_id,
     new_trace_id,
 )
+from instrument._engine import CANCELLED, ERROR, OK
 from instrument._loggate import emit, log_enabled
-from instrument._propagation import TRACE_HEADER, TRACEPARENT, extract_checked, trace_headers
+from instrument._propagation import (
+    TRACE_HEADER,
+    TRACEPARENT,
+    extract_checked,
+    trace_headers,
+    traceparent,
+)
 from instrument._served import Series
+from instrument._sse import SSEStream
 
 UNMATCHED = "__unmatched__"
 CLIENT_CLOSED = 499
@@ -36,39 +42,34 @@ class StreamObserver(Protocol):
 
 
 Extract = Callable[[Any], tuple[str | None, str | None, bool]]
-
-
-def current_request() -> ServerRequest | None:
-    """The request served in this context: it rides on the one trace context variable
-    (``TraceContext.request``), so serving a request sets a single context variable."""
-    ctx = _current.get()
-    return ctx.request if ctx is not None else None
+#: the client's address: ASGI's (host, port), a formatted string, or None (not known)
+Client = tuple[Any, Any] | str | None
 
 
 class ServerRequest:
     """One served HTTP request: trace in and out, metrics, access log.
 
-    Call order: bind the trace (``enter()``, or an adapter sets
-    ``TraceContext(..., request=self)`` itself), ``set_route()`` as soon as the
-    route template is known, ``response_started()``, ``body_sent()`` per chunk,
-    ``finish()`` exactly once when the body has ended (or the client left), then
-    unbind (``exit()``). ``finish`` is idempotent.
+    The request gate (``instrument._gate``) makes it; the adapter then calls
+    ``enter()`` to bind the trace (``exit(token)`` in the same context),
+    ``set_route()`` as soon as the route template is known, ``response_started()``
+    with ``response_headers()`` on the way out, ``body_sent()`` per chunk, and
+    ``finish()`` once the body has ended or the client left (idempotent);
+    ``client_disconnected()`` and ``failed()`` whenever those happen.
     """
 
-    __slots__ = ("_series", "_stream_start", "_token", "_w3c", "access_log", "bytes_sent",
-                 "client", "disconnected", "error", "finished", "method", "metrics", "path",
-                 "route", "span_id", "sse", "sse_events", "start", "status", "streams",
-                 "trace_id")
+    __slots__ = ("_fallback", "_w3c", "access_log", "bytes_sent", "client", "disconnected",
+                 "error", "finished", "method", "metrics", "path", "route", "series", "span_id",
+                 "sse", "start", "status", "streams", "trace_id")
 
-    def __init__(self, method: str, path: str, headers: Any, client: str | None = None,
+    def __init__(self, method: str, path: str, headers: Any, client: Client = None,
                  access_log: bool = True, metrics: _metrics.Metrics | None = None,
                  extract: Extract = extract_checked) -> None:
         """``extract`` reads the trace from ``headers``: ``extract_asgi`` for ASGI's."""
         self.start = perf_counter()
-        self.metrics = metrics or _metrics._current_metrics or _metrics.current()
+        self.metrics = metrics or _metrics.configured or _metrics.current()
         self.method = method
         self.path = path
-        self.client = client
+        self.client = client  # formatted only for an access line that is written
         self.access_log = access_log
         try:
             trace_id, parent, valid = extract(headers)
@@ -89,50 +90,39 @@ class ServerRequest:
         self.status: int | None = None
         self.bytes_sent = 0
         self.sse = False
-        self.sse_events = 0
         self.streams: list[StreamObserver] | None = None  # most requests have none
         self.disconnected = False
         self.error: BaseException | None = None
         self.finished = False
-        self._stream_start = 0.0  # > 0 once an SSE response is measured here
-        self._token: Token[TraceContext | None] | None = None
-        self._series: Series | None = None  # bound once routed (see set_route)
+        self.series: Series | None = None  # bound once routed (see set_route)
+        self._fallback: SSEStream | None = None  # an SSE body no @track_sse stream measures
 
-    @property
-    def trace(self) -> TraceContext:
-        """This request's trace context (what ``enter`` makes current)."""
-        return make_context((self.trace_id, self.span_id, None, self))
+    # -- the trace -----------------------------------------------------------------------
+    def enter(self) -> Token[TraceContext | None]:
+        """Make this request's trace current; undo with ``exit(token)`` in the same context."""
+        return _current.set(make_context((self.trace_id, self.span_id, None, self)))
 
-    # -- context ---------------------------------------------------------------
-    def enter(self) -> None:
-        """Make this request's trace current (undo with ``exit`` in the same context)."""
-        self._token = _current.set(make_context((self.trace_id, self.span_id, None, self)))
-
-    def exit(self) -> None:
-        token = self._token
-        if token is not None:
-            self._token = None
-            try:
-                _current.reset(token)
-            except ValueError:  # reset from another context: nothing left to restore
-                pass
-
-    def _traceparent(self) -> str:
-        """The ``traceparent`` to send back (for a W3C-shaped trace ID)."""
-        return f"00-{self.trace_id}-{self.span_id or new_span_id()}-01"
+    @staticmethod
+    def exit(token: Token[TraceContext | None]) -> None:
+        try:
+            _current.reset(token)
+        except ValueError:  # entered in another context: nothing left to restore there
+            pass
 
     def response_headers(self) -> list[tuple[str, str]]:
         """``X-Trace-ID`` (and ``traceparent``) to add to the response."""
         if not self._w3c:
             return [(TRACE_HEADER, self.trace_id)]
-        return [(TRACE_HEADER, self.trace_id), (TRACEPARENT, self._traceparent())]
+        return [(TRACE_HEADER, self.trace_id), (TRACEPARENT, traceparent(self.trace_id,
+                                                                          self.span_id))]
 
     def raw_response_headers(self) -> list[tuple[bytes, bytes]]:
         """``response_headers`` as ASGI wants them: lower-case names, latin-1 bytes."""
         trace_id = self.trace_id.encode("latin-1")  # validated: ASCII
         if not self._w3c:
             return [(b"x-trace-id", trace_id)]
-        return [(b"x-trace-id", trace_id), (b"traceparent", self._traceparent().encode("latin-1"))]
+        return [(b"x-trace-id", trace_id),
+                (b"traceparent", traceparent(self.trace_id, self.span_id).encode("latin-1"))]
 
     # -- lifecycle ---------------------------------------------------------------
     def set_route(self, route: str | None) -> None:
@@ -143,7 +133,7 @@ class ServerRequest:
                 served, key = self.metrics.served, (self.method, self.route)
                 # bound once, in routing order: labels past max_label_values go to 'other'.
                 # (series()'s own first lookup inlined: this runs once per request)
-                self._series = served.known.get(key) or served.series(*key)
+                self.series = served.known.get(key) or served.series(*key)
                 served.active.add(self)  # finish() takes it out
             except Exception as exc:
                 _metrics.report_internal_error("http_in_progress", exc)
@@ -156,20 +146,28 @@ class ServerRequest:
         if self.disconnected:
             stream.client_disconnected()
 
-    def response_started(self, status: int, content_type: str | None = None) -> None:
+    def response_started(self, status: int, sse: bool = False) -> None:
+        """The status line is out; ``sse`` for a ``text/event-stream`` body."""
         self.status = status
-        if content_type and content_type.startswith("text/event-stream"):
+        if sse:
             self.sse = True
-            if not self.streams:
-                self._open_fallback_stream()
+            if not self.streams:  # a plain SSE body: measured here, as a stream of its own
+                token = self.enter()
+                try:
+                    self._fallback = SSEStream(self.metrics, self.route or UNMATCHED, None,
+                                               attach=False)
+                finally:
+                    self.exit(token)
 
-    def body_sent(self, chunk: bytes | str) -> None:
+    def body_sent(self, chunk: bytes | bytearray | memoryview | str) -> None:
         self.bytes_sent += len(chunk)
-        if self.sse and not self.streams and chunk:
-            data = chunk if isinstance(chunk, bytes) else chunk.encode()
-            # an event is a block not starting with ':' (that is a comment/heartbeat)
-            self.sse_events += sum(1 for block in data.split(b"\n\n")
-                                   if block.strip() and not block.startswith(b":"))
+        if self._fallback is not None and chunk:
+            data = (chunk if type(chunk) is bytes else chunk.encode() if isinstance(chunk, str)
+                    else bytes(chunk))
+            # an event is a block; one starting with ':' is a comment (a heartbeat)
+            for block in data.split(b"\n\n"):
+                if block.strip():
+                    self._fallback.item(block)
 
     def client_disconnected(self) -> None:
         """The client went away before the response completed: tell the streams first."""
@@ -188,7 +186,7 @@ class ServerRequest:
             # request keeps its status, but the exception is still logged once.
             if not log_enabled(40):
                 return
-            token = _current.set(self.trace)
+            token = self.enter()
             try:
                 emit("ERROR", f"unhandled exception after the response to {self.method} "
                      f"{self.path}", {"event": "unhandled_exception", "method": self.method,
@@ -197,7 +195,7 @@ class ServerRequest:
             except Exception as err:
                 _metrics.report_internal_error("http_late_error", err)
             finally:
-                _current.reset(token)
+                self.exit(token)
 
     def finish(self) -> None:
         """Record the request once: counters, duration (not for SSE), in-progress, access log."""
@@ -210,7 +208,7 @@ class ServerRequest:
             served = self.metrics.served
             served.active.discard(self)  # if it was in progress
             route = self.route or UNMATCHED
-            series = self._series or served.series(self.method, route)  # routed, or not
+            series = self.series or served.series(self.method, route)  # routed, or not
             status = self.status
             if self.disconnected and (status is None or not self.sse):
                 status = CLIENT_CLOSED
@@ -220,14 +218,26 @@ class ServerRequest:
             series.done(status, None if self.sse else elapsed, self.trace_id, end)
             if (status >= 500 and status != CLIENT_CLOSED) or failed:
                 self.metrics.http_errors.child(self.method, route, str(status)).inc()
-            if self._stream_start:
-                self._close_fallback_stream()
+            if self._fallback is not None:
+                self._end_fallback()
             log_error = failed and log_enabled(40)
             log_access = self.access_log and log_enabled(20)
             if log_error or log_access:
                 self._log(route, status, elapsed, log_error, log_access)
         except Exception as exc:
             _metrics.report_internal_error("http_request", exc)
+
+    def _end_fallback(self) -> None:
+        """End the plain SSE body's stream the way ``@track_sse`` ends its own."""
+        stream, self._fallback = self._fallback, None
+        assert stream is not None
+        if self.disconnected:
+            stream.client_disconnected()
+            stream.end(CANCELLED, None)
+        elif self.error is not None:
+            stream.end(ERROR, self.error)
+        else:
+            stream.end(OK, None)
 
     def _log(self, route: str, status: int, elapsed: float, log_error: bool,
              log_access: bool) -> None:
@@ -238,34 +248,22 @@ class ServerRequest:
                 "event": "unhandled_exception", "method": method, "route": route,
                 "path": self.path, "trace_id": trace_id, "span_id": span_id}, self.error)
         if log_access:
+            client = self.client
+            if client is not None and not isinstance(client, str):
+                client = f"{client[0]}:{client[1]}"
             emit("INFO", f"{method} {self.path} {status}", {
                 "event": "request", "method": method, "route": route, "path": self.path,
                 "status": status, "latency_ms": round(elapsed * 1000, 3),
-                "bytes": self.bytes_sent, "client": self.client, "trace_id": trace_id,
+                "bytes": self.bytes_sent, "client": client, "trace_id": trace_id,
                 "span_id": span_id})
 
-    # -- SSE responses not produced by a @track_sse generator ------------------------
-    def _open_fallback_stream(self) -> None:
-        endpoint = self.route or UNMATCHED
-        self._stream_start = perf_counter()
-        self.metrics.sse_connections.child(endpoint).inc()
-        self.metrics.sse_active.child(endpoint).inc()
 
-    def _close_fallback_stream(self) -> None:
-        m = self.metrics
-        endpoint = self.route or UNMATCHED
-        if self.disconnected:
-            outcome = "client_disconnect"
-        elif self.error is not None:
-            outcome = "error"
-        else:
-            outcome = "completed"
-        m.sse_active.child(endpoint).dec()
-        m.sse_duration.child(endpoint).observe_trace(perf_counter() - self._stream_start,
-                                                     self.trace_id)
-        if self.sse_events:
-            m.sse_events.child(endpoint).inc(self.sse_events)
-        m.sse_closed.child(endpoint, outcome).inc()
+def host_label(host: str, port: int | None) -> str:
+    """A client request's ``host`` label: ``host``, or ``host:port`` when ``port`` is not the
+    scheme's default (None); an IPv6 address goes in brackets."""
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ClientRequest:
@@ -274,7 +272,7 @@ class ClientRequest:
     __slots__ = ("finished", "host", "method", "metrics", "start")
 
     def __init__(self, method: str, host: str, metrics: _metrics.Metrics | None = None) -> None:
-        self.metrics = metrics or _metrics.current()
+        self.metrics = metrics or _metrics.configured or _metrics.current()
         self.method = method
         self.host = host
         self.start = perf_counter()

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from time import monotonic
 from typing import Any, cast
 
@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
 from instrument._context import _current
 from instrument._loggate import emit, log_enabled
-from instrument._served import ServedRequests, TraceCount
+from instrument._served import Series, ServedRequests, TraceCount
 
 DEFAULT_MAX_LABEL_VALUES = 100
 OVERFLOW_VALUE = "other"
@@ -177,9 +177,9 @@ class Metrics:
         prefix = f"{namespace}_" if namespace else ""
         # Served requests (the hottest path) keep their own records in single-process mode,
         # exposed under the catalog's names when scraped; multiprocess mode needs children.
-        traces = None if self.multiprocess else TraceCount()
         #: per (method, route): what each served request records into
-        self.served = ServedRequests(self, traces)
+        self.served = (ServedRequests(self, None, self._child_series, _SharedInProgress())
+                       if self.multiprocess else ServedRequests(self, TraceCount()))
         collectors = {} if self.multiprocess else self.served.collectors(prefix)
         self.uptime_collector = _UptimeCollector(prefix + "system_uptime_seconds")
         collectors["system_uptime_seconds"] = self.uptime_collector
@@ -216,6 +216,7 @@ class Metrics:
         self.cache_hits = f["cache_hits_total"]
         self.cache_misses = f["cache_misses_total"]
         self.cache_duration = f["cache_lookup_duration_seconds"]
+        traces = self.served.traces
         self.traces: Any = traces if traces is not None else f["trace_requests_total"].child()
         self.span_duration = f["span_duration_seconds"]
         self.span_errors = f["span_errors_total"]
@@ -224,6 +225,9 @@ class Metrics:
         self.log_dropped = f["instrument_log_lines_dropped_total"].child()
         if self.clashes:
             self._report_clashes()
+
+    def _child_series(self, method: str, route: str) -> Series:
+        return ChildSeries(self, method, route)
 
     def _register(self, collector: Collector, name: str) -> None:
         try:
@@ -303,6 +307,50 @@ class Metrics:
                      "limit": self.max_label_values})
 
 
+class ChildSeries:
+    """Multiprocess mode's served-request series: the same calls over prometheus-client
+    children (every worker's values live in its shared files)."""
+
+    __slots__ = ("_duration", "_m", "_method", "_route", "in_progress")
+
+    def __init__(self, m: Metrics, method: str, route: str) -> None:
+        self._m, self._method, self._route = m, method, route
+        self.in_progress = m.http_in_progress.child(method, route)
+        self._duration: Any = None  # bound on first use: an SSE-only route shows none
+
+    def done(self, status: int, elapsed: float | None, trace_id: str | None,
+             now: float) -> None:
+        m = self._m
+        m.http_requests.child(self._method, self._route, str(status)).inc()
+        m.traces.inc()
+        if elapsed is not None:
+            if self._duration is None:
+                self._duration = m.http_duration.child(self._method, self._route)
+            self._duration.observe_trace(elapsed, trace_id)
+
+
+class _SharedInProgress:
+    """Multiprocess mode's in-progress set: each request moves its series' shared gauge."""
+
+    __slots__ = ("_counted",)
+
+    def __init__(self) -> None:
+        self._counted: set[Any] = set()  # the requests whose series' gauge they raised
+
+    def add(self, request: Any, /) -> None:
+        if request not in self._counted:
+            self._counted.add(request)
+            request.series.in_progress.inc()  # a ChildSeries, bound before the request joins
+
+    def discard(self, request: Any, /) -> None:
+        if request in self._counted:
+            self._counted.discard(request)
+            request.series.in_progress.dec()
+
+    def __iter__(self) -> Iterator[Any]:  # not scraped from here: the gauges are shared
+        return iter(())
+
+
 def valid_text(value: str) -> str:
     """``value`` with code points that cannot be encoded (lone surrogates, which any decoded
     request body can carry) replaced by U+FFFD: such a label would fail every scrape."""
@@ -315,7 +363,9 @@ def valid_text(value: str) -> str:
 
 
 _lock = threading.Lock()
-_current_metrics: Metrics | None = None
+#: the metrics ``configure()`` chose, None until first use; read it (``configured or
+#: current()`` is the hot paths' one lookup), never assign it outside ``configure``
+configured: Metrics | None = None
 _reported: set[str] = set()
 
 
@@ -331,9 +381,9 @@ def metrics_for(registry: CollectorRegistry | None = None, namespace: str | None
     with _lock:
         per_ns = _per_namespace(reg)
         if namespace is None:
-            configured = _current_metrics
-            if configured is not None and configured.registry is reg:
-                return configured
+            chosen = configured
+            if chosen is not None and chosen.registry is reg:
+                return chosen
             if len(per_ns) == 1:
                 return next(iter(per_ns.values()))
         ns = namespace if namespace is not None else ""
@@ -345,7 +395,7 @@ def metrics_for(registry: CollectorRegistry | None = None, namespace: str | None
 
 def current() -> Metrics:
     """The metrics chosen by ``configure()`` (the default registry unless configured)."""
-    m = _current_metrics
+    m = configured
     if m is None:
         return configure()
     return m
@@ -358,7 +408,7 @@ def configure(registry: CollectorRegistry | None = None, namespace: str = "",
     ``max_label_values`` bounds how many distinct values each label of each
     metric may take; further values are recorded as ``other``.
     """
-    global _current_metrics
+    global configured
     if (not isinstance(max_label_values, int) or isinstance(max_label_values, bool)
             or max_label_values < 1):
         raise ValueError(f"max_label_values must be a positive integer, got {max_label_values!r}")
@@ -375,7 +425,7 @@ def configure(registry: CollectorRegistry | None = None, namespace: str = "",
         if m is None:
             m = per_ns[namespace] = Metrics(reg, namespace, max_label_values)
         m.max_label_values = max_label_values
-        _current_metrics = m
+        configured = m
     if m.multiprocess:
         _say_once("multiprocess", "PROMETHEUS_MULTIPROC_DIR is set: metrics are aggregated "
                   "across worker processes; exemplars are unavailable in this mode")

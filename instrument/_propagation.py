@@ -185,12 +185,16 @@ def incoming_trace(trace_id: str | None, parent: str | None) -> TraceContext:
                         parent)
 
 
+def traceparent(trace_id: str, span_id: str | None) -> str:
+    """The ``traceparent`` sent for a W3C trace ID: its span, or a fresh one (sampled)."""
+    return f"00-{trace_id}-{span_id or new_span_id()}-01"
+
+
 def headers_for(ctx: TraceContext) -> list[tuple[str, str]]:
     """``X-Trace-ID`` and, for a W3C-shaped ID, ``traceparent`` for this trace context."""
     trace_id = ctx.trace_id
     if is_w3c_trace_id(trace_id):
-        return [(TRACE_HEADER, trace_id),
-                (TRACEPARENT, f"00-{trace_id}-{ctx.span_id or new_span_id()}-01")]
+        return [(TRACE_HEADER, trace_id), (TRACEPARENT, traceparent(trace_id, ctx.span_id))]
     return [(TRACE_HEADER, trace_id)]
 
 

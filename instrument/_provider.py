@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from instrument import _metrics, _pricing
 from instrument._context import _current
-from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
+from instrument._engine import STATUS, instrument_callable
 from instrument._loggate import emit
 from instrument._observe import TracedObserver, log_enabled, resolve_metrics
 from instrument._redact import redact
@@ -17,7 +17,6 @@ from instrument._redact import redact
 F = TypeVar("F", bound=Callable[..., Any])
 
 UNKNOWN_MODEL = "unknown"
-_STATUS = {OK: "ok", ERROR: "error", CANCELLED: "cancelled", CLOSED: "cancelled"}
 _MAX_LOGGED_CHARS = 2000
 
 _warned_unpriced: set[tuple[str, str]] = set()
@@ -215,7 +214,7 @@ class ProviderCall(TracedObserver):
             model = self.model = self.response_model
             series = self.series = Series(m, provider, model)
         series.inflight.dec()
-        status = _STATUS[outcome]
+        status = STATUS[outcome]
         if status == "ok":
             series.ok.inc()
         else:
@@ -406,7 +405,7 @@ def track_provider(provider: str, model: str | None = None, *, operation: str = 
 
         def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ProviderCall:
             if registry is None:  # the configured metrics; current() creates them on first use
-                metrics = _metrics._current_metrics or _metrics.current()
+                metrics = _metrics.configured or _metrics.current()
             else:
                 metrics = resolve_metrics(registry)
             if metrics is not cached_for[0]:

@@ -10,8 +10,9 @@ under the catalog's names (``http_requests_total``, ``http_requests_in_progress`
 ``http_request_duration_seconds``, ``trace_requests_total``).
 
 Multiprocess mode cannot use them (every worker's values must live in
-prometheus-client's shared files): ``ChildSeries`` offers the same interface
-over ordinary children there."""
+prometheus-client's shared files): there the owner passes ``child_series``, the
+same interface over ordinary children (``instrument._metrics.ChildSeries``).
+Nothing here knows the owner's type: it takes what it needs (``Owner``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from prometheus_client import metrics as _client_metrics
 from prometheus_client.metrics_core import (
@@ -32,9 +33,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
 
 from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
-
-if TYPE_CHECKING:
-    from instrument._metrics import Metrics
 
 #: the catalog metrics kept here (single-process mode)
 NAMES = ("http_requests_total", "http_requests_in_progress", "http_request_duration_seconds",
@@ -52,6 +50,21 @@ class Series(Protocol):
 
     def done(self, status: int, elapsed: float | None, trace_id: str | None,
              now: float) -> None: ...
+
+
+class Owner(Protocol):
+    """What the served records need of the metrics that own them (``Metrics``)."""
+
+    max_label_values: int
+    created: float
+
+    def bound(self, seen: set[str], metric: str, label: str, raw: object) -> str: ...
+
+
+class Routed(Protocol):
+    """A request in progress: it knows the series it was routed to."""
+
+    series: Any
 
 
 class InProgress(Protocol):
@@ -137,8 +150,13 @@ class TraceCount:
 class ServedRequests:
     """Every served-request series of one ``Metrics``, with bounded method and route labels."""
 
-    def __init__(self, owner: Metrics, traces: TraceCount | None = None) -> None:
+    def __init__(self, owner: Owner, traces: TraceCount | None = None,
+                 child_series: Callable[[str, str], Series] | None = None,
+                 shared_in_progress: InProgress | None = None) -> None:
+        """Single-process records with ``traces``; multiprocess mode passes ``child_series``
+        and ``shared_in_progress`` (each series' shared gauge) instead."""
         self._owner = owner
+        self._child_series = child_series
         self._lock = threading.Lock()
         #: (method, route) as asked -> series: the request path reads it before ``series()``
         self.known: dict[tuple[str, str], Series] = {}
@@ -148,7 +166,7 @@ class ServedRequests:
         #: the routed requests in progress (``add`` once routed, ``discard`` as they end):
         #: one set for every route, grouped when scraped. ``set.add`` and ``set.discard``
         #: are atomic, so starting a request takes no lock and looks nothing up.
-        self.active: InProgress = set() if traces is not None else _SharedInProgress()
+        self.active: InProgress = shared_in_progress if shared_in_progress is not None else set()
 
     def series(self, method: str, route: str) -> Series:
         found = self.known.get((method, route))
@@ -164,7 +182,7 @@ class ServedRequests:
             found = self._bounded.get(key)
             if found is None:
                 found = self._bounded[key] = (
-                    ChildSeries(owner, *key) if self.traces is None
+                    self._child_series(*key) if self._child_series is not None
                     else RouteSeries(*key, owner.max_label_values))
             if len(self.known) < _SERIES_CACHE_LIMIT:
                 self.known[(method, route)] = found
@@ -190,7 +208,7 @@ class ServedRequests:
         """The requests in progress, per series (bound as each was routed: nothing new here)."""
         counts: dict[Series, int] = {}
         for request in list(self.active):  # copied in one step: no request runs meanwhile
-            series = request._series  # bound before the request joined the set
+            series = request.series  # bound before the request joined the set
             counts[series] = counts.get(series, 0) + 1
         return counts
 
@@ -258,46 +276,3 @@ class _View(Collector):
         family = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
                   "histogram": HistogramMetricFamily}[kind]
         yield family(self._name, self._spec.help, labels=self._spec.labels)
-
-
-class ChildSeries:
-    """Multiprocess mode: the same calls over prometheus-client children."""
-
-    __slots__ = ("_duration", "_m", "_method", "_route", "in_progress")
-
-    def __init__(self, m: Metrics, method: str, route: str) -> None:
-        self._m, self._method, self._route = m, method, route
-        self.in_progress = m.http_in_progress.child(method, route)
-        self._duration: Any = None  # bound on first use: an SSE-only route shows none
-
-    def done(self, status: int, elapsed: float | None, trace_id: str | None,
-             now: float) -> None:
-        m = self._m
-        m.http_requests.child(self._method, self._route, str(status)).inc()
-        m.traces.inc()
-        if elapsed is not None:
-            if self._duration is None:
-                self._duration = m.http_duration.child(self._method, self._route)
-            self._duration.observe_trace(elapsed, trace_id)
-
-
-class _SharedInProgress:
-    """Multiprocess mode's in-progress set: each request moves its series' shared gauge."""
-
-    __slots__ = ("_counted",)
-
-    def __init__(self) -> None:
-        self._counted: set[Any] = set()  # the requests whose series' gauge they raised
-
-    def add(self, request: Any, /) -> None:
-        if request not in self._counted:
-            self._counted.add(request)
-            request._series.in_progress.inc()  # a ChildSeries, bound before the request joins
-
-    def discard(self, request: Any, /) -> None:
-        if request in self._counted:
-            self._counted.discard(request)
-            request._series.in_progress.dec()
-
-    def __iter__(self) -> Iterator[Any]:  # not scraped from here: the gauges are shared
-        return iter(())

@@ -11,15 +11,11 @@ from typing import Any, TypeVar
 
 from instrument import _metrics
 from instrument._context import TraceContext, _current, accept_trace_id, new_span_id, new_trace_id
-from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable, outcome_for
+from instrument._engine import STATUS, instrument_callable, status_of
 from instrument._loggate import emit
 from instrument._observe import TracedObserver, log_enabled
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-def outcome_of(exc: BaseException | None) -> str:
-    """ok, error, or cancelled (task cancellation and early close are not errors)."""
-    return "ok" if exc is None else _ENGINE_OUTCOMES[outcome_for(exc)]
 
 
 class Span:
@@ -80,7 +76,7 @@ def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException
     """Record the span and restore the context that was current before it opened."""
     duration = perf_counter() - span.start
     try:
-        record_span(metrics, span.name, duration, exc, outcome_of(exc), span.trace_id,
+        record_span(metrics, span.name, duration, exc, status_of(exc), span.trace_id,
                     span.span_id, span.parent_span_id, span.attributes)
     finally:
         try:
@@ -90,9 +86,6 @@ def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException
             # that context is gone, so there is nothing to restore
             pass
     return duration
-
-
-_ENGINE_OUTCOMES = {OK: "ok", ERROR: "error", CANCELLED: "cancelled", CLOSED: "cancelled"}
 
 
 class SpanCall(TracedObserver):
@@ -107,7 +100,7 @@ class SpanCall(TracedObserver):
 
     def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
         record_span(self.metrics, self.name, perf_counter() - self.start, exc,
-                    _ENGINE_OUTCOMES[outcome], self.trace.trace_id, self.trace.span_id or "",
+                    STATUS[outcome], self.trace.trace_id, self.trace.span_id or "",
                     self.parent_span_id, self.attributes)
 
 

@@ -8,6 +8,7 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from instrument import _metrics
+from instrument._context import current_request
 from instrument._engine import (
     CLOSED,
     ERROR,
@@ -19,7 +20,6 @@ from instrument._engine import (
     kind_of,
     outcome_for,
 )
-from instrument._http import current_request
 from instrument._loggate import emit
 from instrument._observe import TracedObserver, log_enabled, resolve_metrics
 
@@ -61,7 +61,9 @@ class SSEStream(TracedObserver):
     __slots__ = ("__weakref__", "disconnected", "endpoint", "events", "first_event_at",
                  "heartbeat_item", "heartbeats")
 
-    def __init__(self, metrics: _metrics.Metrics, endpoint: str, heartbeat_item: Any) -> None:
+    def __init__(self, metrics: _metrics.Metrics, endpoint: str, heartbeat_item: Any,
+                 attach: bool = True) -> None:
+        """``attach=False``: a served request measures its own plain SSE body with this."""
         super().__init__(metrics)
         self.endpoint = endpoint
         self.heartbeat_item = heartbeat_item
@@ -71,8 +73,7 @@ class SSEStream(TracedObserver):
         self.disconnected = False
         metrics.sse_connections.child(endpoint).inc()
         metrics.sse_active.child(endpoint).inc()
-        request = current_request()
-        if request is not None:
+        if attach and (request := current_request()) is not None:
             request.attach_stream(self)
 
     def client_disconnected(self) -> None:

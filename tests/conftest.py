@@ -26,7 +26,7 @@ def registry() -> Iterator[CollectorRegistry]:
     reg = CollectorRegistry()
     instrument.configure(registry=reg)
     yield reg
-    _metrics._current_metrics = None
+    _metrics.configured = None
     _metrics._reported.clear()
 
 

@@ -27,7 +27,7 @@ def test_a_tracked_stream_started_after_the_response_does_not_leak_the_fallback(
     @track_sse stream attaches later (a generator started lazily by the body)."""
     request = ServerRequest("GET", "/events", [(b"x-trace-id", TRACE.encode())])
     request.set_route("/events")
-    request.response_started(200, "text/event-stream")
+    request.response_started(200, sse=True)
     stream = Stream()
     request.attach_stream(stream)
     request.client_disconnected()

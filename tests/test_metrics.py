@@ -347,11 +347,11 @@ def test_hostile_label_values_in_every_label_leave_both_scrape_formats_working(
     with trace_span(HOSTILE):
         pass
     req = ServerRequest("G\ud800T", "/p", {})
-    req.enter()
+    token = req.enter()
     req.set_route(HOSTILE)
     req.response_started(200)
     req.finish()
-    req.exit()
+    req.exit(token)
 
     text = generate_latest(registry).decode()
     om = openmetrics(registry).decode()

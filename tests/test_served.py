@@ -78,7 +78,7 @@ def test_in_progress_counts_a_request_from_its_route_to_its_end(
 def test_an_sse_response_is_counted_but_has_no_duration(registry: CollectorRegistry) -> None:
     req = ServerRequest("GET", "/events", [], access_log=False)
     req.set_route("/events")
-    req.response_started(200, "text/event-stream; charset=utf-8")
+    req.response_started(200, sse=True)
     req.finish()
     assert _value(registry, "http_requests_total", route="/events") == 1
     assert _value(registry, "http_request_duration_seconds_count", route="/events") is None

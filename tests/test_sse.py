@@ -224,11 +224,11 @@ async def test_cancellation_after_the_server_saw_the_client_leave_is_a_disconnec
     """What the server adapters do: the stream attaches to the request serving it."""
     fn, feed = tracked("async", "block")
     request = ServerRequest("GET", EP, {"x-trace-id": "request-trace-1"})
-    request.enter()
+    token = request.enter()
     try:
         stream = fn()
     finally:
-        request.exit()
+        request.exit(token)
     assert len(request.streams) == 1
 
     async with anyio.create_task_group() as tg:
@@ -246,11 +246,11 @@ def test_stream_opened_after_the_client_left_is_a_disconnect(
     fn, _ = tracked("sync")
     request = ServerRequest("GET", EP, {})
     request.client_disconnected()
-    request.enter()
+    token = request.enter()
     try:
         stream = fn()
     finally:
-        request.exit()
+        request.exit(token)
     del stream
     gc.collect()
     assert_closed(registry, "client_disconnect", events=0)

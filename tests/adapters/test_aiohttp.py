@@ -227,8 +227,9 @@ def test_metrics_routes_are_served_and_not_counted(base: str, registry: Collecto
 def test_options_metrics_path_access_log_and_exclusions(registry: CollectorRegistry,
                                                         logs: LogCapture) -> None:
     with serve(metrics_path="/internal/prom", access_log=False,
-               exclude_paths=("/trace", ITEM_ROUTE)) as url:
-        get(f"{url}/trace")
+               exclude_paths=("/trace", "/items/*")) as url:
+        excluded = httpx.get(f"{url}/trace", headers={"X-Trace-ID": "excluded-1"})
+        assert (excluded.text, excluded.headers["x-trace-id"]) == ("excluded-1", "excluded-1")
         get(f"{url}/items/3")
         get(f"{url}/sse")
         assert "http_requests_total" in get(f"{url}/internal/prom").text

@@ -1,0 +1,136 @@
+"""The request gate: what a served request is, decided once, for every server adapter.
+
+An adapter translates its framework's hooks and nothing else. For each request it
+hands the gate the method, the path (as routed, without a mount point), the header
+source and the client's address, and ``open`` answers with either:
+
+- a ``ServerRequest`` (measured): the adapter binds its trace (``enter``), tells it
+  the route, the response's start (sending ``merge_headers`` of its
+  ``response_headers``), each body chunk and the end; or
+- an ``Unmeasured``: ``NESTED`` (an outer instrumented app observes this request:
+  pass it on untouched), ``EXCLUDED`` (``exclude_paths``) or a metrics route. Those
+  two are served in the trace ``untimed()`` returns, its headers on the response,
+  and no trace or request is counted.
+
+``exclude_paths`` has one rule for every framework: an exact path, or a prefix when
+the entry ends in ``*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from instrument import _metrics
+from instrument._context import TraceContext, _current
+from instrument._http import Client, Extract, ServerRequest
+from instrument._propagation import extract_checked, headers_for, incoming_trace
+
+__all__ = ["EXCLUDED", "NESTED", "Gate", "Unmeasured", "merge_headers"]
+
+H = TypeVar("H", str, bytes)
+
+
+class Unmeasured(NamedTuple):
+    """Why a request is served unmeasured. ``metrics_route``: "", "/health" or "/summary"."""
+
+    nested: bool
+    metrics_route: str | None = None
+
+
+NESTED = Unmeasured(True)
+EXCLUDED = Unmeasured(False)
+_METRICS_ROUTES = {sub: Unmeasured(False, sub) for sub in ("", "/health", "/summary")}
+
+
+class Gate:
+    """One adapter's rules, checked at configuration time: its metrics routes, its exclusions,
+    whether it writes the access log, the metrics it records into and how it reads headers."""
+
+    __slots__ = ("_prefixes", "_skipped", "access_log", "extract", "metrics", "metrics_path")
+
+    def __init__(self, *, metrics_path: str | None = "/metrics", access_log: bool = True,
+                 exclude_paths: Iterable[str] = (), registry: CollectorRegistry | None = None,
+                 extract: Extract = extract_checked) -> None:
+        if metrics_path is not None and (not isinstance(metrics_path, str)
+                                         or not metrics_path.startswith("/")):
+            raise ValueError(f"metrics_path must be a path starting with '/', or None to serve "
+                             f"no metrics routes; got {metrics_path!r}")
+        if isinstance(exclude_paths, (str, bytes)):
+            raise TypeError(f"exclude_paths must be a list of paths, not one string: write "
+                            f"exclude_paths=[{exclude_paths!r}]")
+        excluded = tuple(exclude_paths)
+        for entry in excluded:
+            if not isinstance(entry, str) or not entry.startswith("/"):
+                raise ValueError(f"exclude_paths entries are paths starting with '/' (a prefix "
+                                 f"when they end in '*'); got {entry!r}")
+        self.metrics_path = metrics_path
+        self.access_log = bool(access_log)
+        self.metrics = None if registry is None else _metrics.metrics_for(registry)
+        self.extract = extract
+        # path -> why it is not measured: the metrics routes and the exact exclusions
+        skipped: dict[str, Unmeasured] = {p: EXCLUDED for p in excluded if not p.endswith("*")}
+        if metrics_path is not None:
+            base = metrics_path.rstrip("/")
+            for path, sub in ((base, ""), (base + "/", ""), (base + "/health", "/health"),
+                              (base + "/summary", "/summary")):
+                skipped[path] = _METRICS_ROUTES[sub]
+        self._skipped = skipped
+        self._prefixes = tuple(p[:-1] for p in excluded if p.endswith("*"))
+
+    def open(self, method: str, path: str, headers: Any, client: Client = None,
+             full_path: str | None = None) -> ServerRequest | Unmeasured:
+        """What this request is. ``path`` is matched against the rules; ``full_path`` (the
+        mount point included, if any) is what the access line shows."""
+        if (ctx := _current.get()) is not None and ctx.request is not None:
+            return NESTED
+        skipped = self._skipped.get(path)
+        if skipped is not None:
+            return skipped
+        if self._prefixes and path.startswith(self._prefixes):
+            return EXCLUDED
+        return ServerRequest(method, full_path or path, headers, client, self.access_log,
+                             self.metrics, self.extract)
+
+    def untimed(self, headers: Any) -> tuple[TraceContext, list[tuple[str, str]]]:
+        """The trace an unmeasured request runs in (its own, else a new one; none counted)
+        and the headers that carry it back."""
+        try:
+            trace_id, parent, _valid = self.extract(headers)
+        except Exception as exc:  # headers not as the server's spec says: a fresh trace
+            _metrics.report_internal_error("trace_extract", exc)
+            trace_id = parent = None
+        trace = incoming_trace(trace_id, parent)
+        return trace, headers_for(trace)
+
+
+_TRACE_NAMES = frozenset({"x-trace-id", "traceparent", b"x-trace-id", b"traceparent"})
+_CONTENT_TYPE = frozenset({"content-type", b"content-type"})
+_EVENT_STREAM = frozenset({"text/event-stream", b"text/event-stream"})
+
+
+def merge_headers(headers: Iterable[tuple[H, H]], trace: list[tuple[H, H]]
+                  ) -> tuple[list[tuple[H, H]], bool]:
+    """A response's headers with the request's trace headers (the app's own copies dropped:
+    never two values), and whether its body is an event stream. For ``str`` pairs (WSGI,
+    aiohttp) and ASGI's ``bytes`` alike: names compare case-insensitively, lower-cased
+    only when their length could match."""
+    sse = clash = False
+    for name, value in headers:
+        size = len(name)
+        if size == 12:
+            if name == "Content-Type" or name.lower() in _CONTENT_TYPE:  # werkzeug's spelling
+                sse = value[:17] in _EVENT_STREAM
+        elif (size == 10 or size == 11) and name.lower() in _TRACE_NAMES:
+            clash = True
+    if clash:
+        kept = [pair for pair in headers if pair[0].lower() not in _TRACE_NAMES]
+        return kept + trace, sse
+    return [*headers, *trace], sse  # type: ignore[list-item]  # (mypy: a constrained TypeVar)
+
+
+def raw_headers(pairs: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header pairs as ASGI sends them: lower-case names, latin-1 bytes."""
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
