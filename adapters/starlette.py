@@ -95,11 +95,14 @@ class InstrumentMiddleware:
 
     def __init__(self, app: ASGIApp, *, metrics_path: str | None = "/metrics",
                  access_log: bool = True, exclude_paths: Iterable[str] = (),
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, gate: Gate | None = None) -> None:
+        """``gate``: rules already checked (``instrument_app`` checks them once, up front)."""
         self.app = app
-        self.gate = Gate(metrics_path=metrics_path, access_log=access_log,
-                         exclude_paths=exclude_paths, registry=registry, extract=extract_asgi)
-        self._metrics_app = make_asgi_app(registry, metrics_path) if metrics_path else None
+        self.gate = gate or Gate(metrics_path=metrics_path, access_log=access_log,
+                                 exclude_paths=exclude_paths, registry=registry,
+                                 extract=extract_asgi)
+        path = self.gate.metrics_path
+        self._metrics_app = make_asgi_app(self.gate.registry, path) if path else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,19 +197,19 @@ def instrument_app(app: A, *, metrics_path: str | None = "/metrics", access_log:
                    registry: CollectorRegistry | None = None) -> A:
     """Instrument a Starlette/FastAPI app, outermost; idempotent; returns the app.
     Any other ASGI app comes back wrapped in ``InstrumentMiddleware``: serve that."""
-    options: dict[str, Any] = {"metrics_path": metrics_path, "access_log": access_log,
-                               "exclude_paths": tuple(exclude_paths), "registry": registry}
-    if isinstance(app, InstrumentMiddleware) or getattr(app, "_instrument_options", None):
+    if isinstance(app, InstrumentMiddleware) or getattr(app, "_instrument_gate", None):
         return app
+    gate = Gate(metrics_path=metrics_path, access_log=access_log, exclude_paths=exclude_paths,
+                registry=registry, extract=extract_asgi)  # bad options refused here
     if not isinstance(app, Starlette):
-        return InstrumentMiddleware(app, **options)  # type: ignore[return-value]
+        return InstrumentMiddleware(app, gate=gate)  # type: ignore[return-value]
     build = app.build_middleware_stack
 
     def build_instrumented() -> ASGIApp:  # around ServerErrorMiddleware too: it sees the 500
-        return InstrumentMiddleware(build(), **options)
+        return InstrumentMiddleware(build(), gate=gate)
 
     app.build_middleware_stack = build_instrumented  # type: ignore[method-assign]
     if app.middleware_stack is not None:  # already serving: wrap the stack it built
-        app.middleware_stack = InstrumentMiddleware(app.middleware_stack, **options)
-    app._instrument_options = options  # type: ignore[attr-defined]
+        app.middleware_stack = InstrumentMiddleware(app.middleware_stack, gate=gate)
+    app._instrument_gate = gate  # type: ignore[attr-defined]
     return app

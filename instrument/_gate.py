@@ -49,7 +49,8 @@ class Gate:
     """One adapter's rules, checked at configuration time: its metrics routes, its exclusions,
     whether it writes the access log, the metrics it records into and how it reads headers."""
 
-    __slots__ = ("_prefixes", "_skipped", "access_log", "extract", "metrics", "metrics_path")
+    __slots__ = ("_prefixes", "_skipped", "access_log", "extract", "metrics", "metrics_path",
+                 "registry")
 
     def __init__(self, *, metrics_path: str | None = "/metrics", access_log: bool = True,
                  exclude_paths: Iterable[str] = (), registry: CollectorRegistry | None = None,
@@ -67,6 +68,7 @@ class Gate:
                 raise ValueError(f"exclude_paths entries are paths starting with '/' (a prefix "
                                  f"when they end in '*'); got {entry!r}")
         self.metrics_path = metrics_path
+        self.registry = registry
         self.access_log = bool(access_log)
         self.metrics = None if registry is None else _metrics.metrics_for(registry)
         self.extract = extract
@@ -106,27 +108,31 @@ class Gate:
         return trace, headers_for(trace)
 
 
-_TRACE_NAMES = frozenset({"x-trace-id", "traceparent", b"x-trace-id", b"traceparent"})
-_CONTENT_TYPE = frozenset({"content-type", b"content-type"})
-_EVENT_STREAM = frozenset({"text/event-stream", b"text/event-stream"})
+# header name -> 1 (Content-Type) or 2 (ours): ASGI's lower-case bytes and the usual spellings;
+# any other spelling of the same length is lower-cased and looked up again
+_NAMES: dict[Any, int] = {b"content-type": 1, "Content-Type": 1, "content-type": 1,
+                          b"x-trace-id": 2, "x-trace-id": 2, "X-Trace-ID": 2, b"traceparent": 2,
+                          "traceparent": 2}
 
 
 def merge_headers(headers: Iterable[tuple[H, H]], trace: list[tuple[H, H]]
                   ) -> tuple[list[tuple[H, H]], bool]:
     """A response's headers with the request's trace headers (the app's own copies dropped:
     never two values), and whether its body is an event stream. For ``str`` pairs (WSGI,
-    aiohttp) and ASGI's ``bytes`` alike: names compare case-insensitively, lower-cased
-    only when their length could match."""
+    aiohttp) and ASGI's ``bytes`` alike; names compare case-insensitively."""
     sse = clash = False
     for name, value in headers:
-        size = len(name)
-        if size == 12:
-            if name == "Content-Type" or name.lower() in _CONTENT_TYPE:  # werkzeug's spelling
-                sse = value[:17] in _EVENT_STREAM
-        elif (size == 10 or size == 11) and name.lower() in _TRACE_NAMES:
+        kind = _NAMES.get(name)
+        if kind is None and (not 10 <= len(name) <= 12
+                             or (kind := _NAMES.get(name.lower())) is None):
+            continue
+        if kind == 1:
+            sse = value.startswith(b"text/event-stream" if type(value) is bytes  # type: ignore[arg-type]
+                                   else "text/event-stream")
+        else:
             clash = True
     if clash:
-        kept = [pair for pair in headers if pair[0].lower() not in _TRACE_NAMES]
+        kept = [pair for pair in headers if _NAMES.get(pair[0].lower()) != 2]
         return kept + trace, sse
     return [*headers, *trace], sse  # type: ignore[list-item]  # (mypy: a constrained TypeVar)
 

@@ -6,6 +6,8 @@ import re
 
 from prometheus_client import CollectorRegistry
 
+from instrument import get_trace_id
+from instrument._context import current_request
 from instrument._http import ServerRequest
 from instrument._propagation import extract_context
 from tests.helpers import value
@@ -46,6 +48,13 @@ def test_response_headers_carry_the_trace_without_binding_it() -> None:
     headers = dict(request.response_headers())
     assert headers["X-Trace-ID"] == TRACE
     assert re.fullmatch(rf"00-{TRACE}-[0-9a-f]{{16}}-01", headers["traceparent"])
+    raw = dict(request.raw_response_headers())
+    assert raw[b"x-trace-id"] == TRACE.encode()
+    assert get_trace_id() is None and current_request() is None  # nothing was bound
+    token = request.enter()  # until the adapter binds it
+    assert (get_trace_id(), current_request()) == (TRACE, request)
+    request.exit(token)
+    assert get_trace_id() is None
 
 
 def test_one_pass_over_header_pairs_matches_any_case_and_takes_the_first() -> None:

@@ -169,8 +169,11 @@ def test_concurrent_requests_lose_no_count(registry: CollectorRegistry) -> None:
     assert _value(registry, "trace_requests_total") == total
 
 
-def test_a_scrape_during_traffic_is_consistent(registry: CollectorRegistry) -> None:
-    """Each series is read under its lock: a histogram's count always equals its +Inf bucket."""
+def test_a_scrape_during_traffic_is_consistent(registry: CollectorRegistry,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each series is read under its lock: its histogram's count and sum always agree (its
+    +Inf bucket would not tell: prometheus-client derives the count from the buckets)."""
+    monkeypatch.setattr(_http, "perf_counter", lambda: 100.0)  # each request takes 0.002 s
     stop = threading.Event()
 
     def traffic() -> None:
@@ -180,20 +183,43 @@ def test_a_scrape_during_traffic_is_consistent(registry: CollectorRegistry) -> N
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        for _ in range(50):
-            samples = _samples(registry)
-            count = [v for n, _l, v in samples if n == "http_request_duration_seconds_count"]
-            inf = [v for n, lab, v in samples
-                   if n == "http_request_duration_seconds_bucket" and lab["le"] == "+Inf"]
-            assert count == inf
+        for _ in range(200):
+            page = _scrape(registry)
+            count = page.value("http_request_duration_seconds_count", route="/hot")
+            total = page.value("http_request_duration_seconds_sum", route="/hot")
+            # the buckets and the sum were read in one lock hold
+            assert total == pytest.approx((count or 0) * 0.002, rel=1e-6)
     finally:
         stop.set()
         worker.join()
 
 
-def test_the_same_policy_as_every_other_histogram() -> None:
-    assert _served.EXEMPLAR_INTERVAL == _metrics.EXEMPLAR_INTERVAL
-    assert _served.MAX_EXEMPLAR_ID == _metrics.MAX_EXEMPLAR_ID
+def test_the_same_exemplar_policy_as_every_other_histogram(
+        registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Served requests keep their own histogram: fed the same observations at the same
+    instants as a prometheus-client histogram of the toolkit (the client duration, same
+    buckets), it keeps the same exemplar in every bucket."""
+    clock = [500.0]
+    monkeypatch.setattr(_http, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(_metrics, "monotonic", lambda: clock[0])
+    client = _metrics.current().client_duration.child("upstream", "GET")
+
+    def exemplars(name: str) -> dict[str, str]:
+        text = generate_openmetrics(registry).decode()
+        return {s.labels["le"]: s.exemplar.labels["trace_id"]
+                for f in om_families(text) for s in f.samples
+                if s.name == name and s.exemplar}
+
+    half = _metrics.EXEMPLAR_INTERVAL / 2
+    for advance, seconds, trace_id in ((0, 0.001, "a"), (0, 0.001, "b"), (0, 3.0, "slow"),
+                                       (half, 0.002, "c"), (half, 0.003, "d"),
+                                       (2 * half, 0.004, "x" * 121), (2 * half, 7.0, "e")):
+        clock[0] += advance
+        _serve("GET", "/", 200, seconds, trace_id)
+        client.observe_trace(seconds, trace_id)
+        served = exemplars("http_request_duration_seconds_bucket")
+        assert served == exemplars("http_client_request_duration_seconds_bucket")
+    assert served == {"0.005": "d", "5.0": "slow", "10.0": "e"}
 
 
 def test_headers_a_server_should_not_send_start_a_fresh_trace(

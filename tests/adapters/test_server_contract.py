@@ -318,3 +318,56 @@ def test_access_log_off(served: Served, logs: LogCapture) -> None:
     wait_until(lambda: logs.events("unhandled_exception"))  # exceptions are still logged
     assert len(logs.events("unhandled_exception")) == 1
     assert logs.events("request") == []
+
+
+# -- exclusions and the untimed path ----------------------------------------------------
+
+def test_excluded_paths_are_unmeasured_but_keep_their_trace(served: Served,
+                                                            logs: LogCapture) -> None:
+    """One rule for every adapter: an exact path, or a prefix ending in ``*``. An excluded
+    request counts nothing and logs no access line, but its trace goes in and out."""
+    with served.serve(exclude_paths=["/trace", "/items/*"]) as url, \
+            httpx.Client(base_url=url, timeout=10) as c:
+        given = c.get("/trace", headers={"X-Trace-ID": "excluded-1"})
+        assert (given.text, given.headers["x-trace-id"]) == ("excluded-1", "excluded-1")
+        w3c = c.get("/trace", headers={"traceparent": TRACEPARENT})
+        assert w3c.text == w3c.headers["x-trace-id"] == W3C_ID
+        assert w3c.headers["traceparent"].split("-")[1] == W3C_ID
+        fresh = c.get("/trace")
+        assert HEX32.fullmatch(fresh.headers["x-trace-id"]) and fresh.text == \
+            fresh.headers["x-trace-id"]
+        prefixed = c.get("/items/5", headers={"X-Trace-ID": "excluded-2"})
+        assert prefixed.json() == {"item_id": "5", "trace_id": "excluded-2"}
+        assert prefixed.headers["x-trace-id"] == "excluded-2"
+        measured = c.get("/nope", headers={"X-Trace-ID": "measured-1"})  # a 404
+        assert measured.headers["x-trace-id"] == "measured-1"
+        wait_until(lambda: scrape(f"{url}/metrics").value("http_requests_total") == 1)
+        page = scrape(f"{url}/metrics")
+        assert {labels["route"] for labels in page.labels_of("http_requests_total")} == {
+            "__unmatched__"}
+        assert page.value("trace_requests_total") == 1  # the excluded ones started none
+    lines = wait_until(lambda: logs.events("request"))
+    assert [line["trace_id"] for line in lines] == ["measured-1"]
+
+
+def test_metrics_routes_carry_the_trace_and_can_be_switched_off(served: Served) -> None:
+    with served.serve(metrics_path="/internal/prom") as url, \
+            httpx.Client(base_url=url, timeout=10) as c:
+        for path in ("/internal/prom", "/internal/prom/health", "/internal/prom/summary"):
+            r = c.get(path, headers={"X-Trace-ID": "scraper-1"})
+            assert (r.status_code, r.headers["x-trace-id"]) == (200, "scraper-1")
+        assert c.get("/metrics").status_code == 404  # the app's own: no such route
+        wait_until(lambda: scrape(f"{url}/internal/prom").value(
+            "http_requests_total", route="__unmatched__") == 1)
+        assert scrape(f"{url}/internal/prom").value("http_requests_total") == 1
+
+
+@pytest.mark.parametrize(("options", "error", "says"), [
+    ({"exclude_paths": "/healthz"}, TypeError, "not one string"),
+    ({"exclude_paths": ["healthz"]}, ValueError, "starting with '/'"),
+    ({"metrics_path": "metrics"}, ValueError, "metrics_path"),
+])
+def test_bad_options_are_refused_when_instrumenting(served: Served, options: dict[str, Any],
+                                                   error: type[Exception], says: str) -> None:
+    with pytest.raises(error, match=says), served.serve(**options):
+        pass  # pragma: no cover - instrument_app raises before the server starts
