@@ -10,7 +10,7 @@ source and the client's address, and ``open`` answers with either:
 - an ``Unmeasured``: ``NESTED`` (an outer instrumented app observes this request:
   pass it on untouched), ``EXCLUDED`` (``exclude_paths``) or a metrics route. Those
   two are served in the trace ``untimed()`` returns, its headers on the response,
-  and no trace or request is counted.
+  and no trace or request is counted (``serve_untimed_asgi`` / ``_wsgi`` do it all).
 
 ``exclude_paths`` has one rule for every framework: an exact path, or a prefix when
 the entry ends in ``*``.
@@ -18,7 +18,7 @@ the entry ends in ``*``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -106,6 +106,34 @@ class Gate:
             trace_id = parent = None
         trace = incoming_trace(trace_id, parent)
         return trace, headers_for(trace)
+
+    async def serve_untimed_asgi(self, scope: Any, receive: Any, send: Any, app: Any) -> None:
+        """Serve an ASGI request unmeasured, in ``untimed``'s trace, its headers sent back."""
+        trace, pairs = self.untimed(scope.get("headers", ()))
+        headers = raw_headers(pairs)
+
+        async def send_traced(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"], _sse = merge_headers(message.get("headers", ()), headers)
+            await send(message)
+
+        token = _current.set(trace)
+        try:
+            await app(scope, receive, send_traced)
+        finally:
+            _current.reset(token)
+
+    def serve_untimed_wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any],
+                           app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
+        """Serve a WSGI request unmeasured, in ``untimed``'s trace, its headers sent back (the
+        body is read after this returns: without the trace)."""
+        trace, pairs = self.untimed(environ)
+        token = _current.set(trace)
+        try:
+            return app(environ, lambda status, headers, exc_info=None:
+                       start_response(status, merge_headers(headers, pairs)[0], exc_info))
+        finally:
+            _current.reset(token)
 
 
 # header name -> 1 (Content-Type) or 2 (ours): ASGI's lower-case bytes and the usual spellings;
