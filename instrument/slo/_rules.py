@@ -74,8 +74,9 @@ def _slo_group(o: Objective, spec: Spec) -> Group:
     rules.append({"record": "slo:error_budget:remaining",
                   "expr": f'1 - slo:sli_error:ratio_rate{spec.period}{{slo="{o.name}"}} / {budget}',
                   "labels": labels})
-    rules.append(_burn_alert(o, spec, PAGE, "SLOBurnRatePage", "critical", PAGE_FOR))
-    rules.append(_burn_alert(o, spec, TICKET, "SLOBurnRateTicket", "warning", TICKET_FOR))
+    rules += [_burn_alert(o, spec, b, "SLOBurnRatePage", "critical", PAGE_FOR) for b in PAGE]
+    rules += [_burn_alert(o, spec, b, "SLOBurnRateTicket", "warning", TICKET_FOR)
+              for b in TICKET]
     return {"name": f"slo-{o.name}", "rules": rules}
 
 
@@ -99,28 +100,28 @@ def error_ratio(o: Objective, window: str) -> str:
     return f"({bad_rate} or {total} * 0)\n/ ({total} > 0)"
 
 
-def _burn_alert(o: Objective, spec: Spec, burns: tuple[Burn, ...], alert: str, severity: str,
+def _burn_alert(o: Objective, spec: Spec, burn: Burn, alert: str, severity: str,
                 for_: str) -> Rule:
+    """One alert per window pair, so that its text can say which windows burn."""
     budget = num(1 - o.objective)
+    factor = num(burn.factor(spec.period_days))
     sel = f'{{slo="{o.name}"}}'
-    terms = [f"(\n  slo:sli_error:ratio_rate{b.long}{sel} / {budget} > {num(b.factor(spec.period_days))}\n"
-             f"  and slo:sli_error:ratio_rate{b.short}{sel} / {budget} > "
-             f"{num(b.factor(spec.period_days))}\n)" for b in burns]
-    how = " or ".join(f"{num(b.factor(spec.period_days))}x over {b.long} and {b.short}"
-                      for b in burns)
+    how = f"{factor}x over {burn.long} and {burn.short}"
     speed = "fast" if severity == "critical" else "steadily"
     return {
         "alert": alert,
-        "expr": "\nor\n".join(terms),
+        "expr": (f"slo:sli_error:ratio_rate{burn.long}{sel} / {budget} > {factor}\n"
+                 f"and slo:sli_error:ratio_rate{burn.short}{sel} / {budget} > {factor}"),
         "for": for_,
-        # The slo label keeps promtool from seeing one alert twice (it is on the series too).
-        "labels": {"severity": severity, "slo": o.name},
+        # The slo and window labels keep promtool from seeing one alert twice.
+        "labels": {"severity": severity, "slo": o.name, "window": burn.long},
         "annotations": {
             "summary": f"SLO {o.name} is burning its error budget {speed}",
             "description": (
-                f"{o.description}. Over the last {burns[0].long} its errors burn the "
+                f"{o.description}. Over the last {burn.long} its errors spend the "
                 f"{spec.period} error budget {{{{ $value | printf \"%.1f\" }}}}x as fast as "
-                f"the budget allows (this alert fires at {how})."),
+                f"the budget allows, and over the last {burn.short} too (this alert fires "
+                f"above {how})."),
             "slo": o.name,
             "burn_rate": how,
             "dashboard": dashboard_link(spec, "slo", o.name),

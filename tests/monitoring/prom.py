@@ -39,6 +39,11 @@ DASHBOARD = MONITORING / "grafana_dashboard.json"
 PROMETHEUS_DIR = MONITORING / "prometheus"
 RECORDING_RULES = PROMETHEUS_DIR / "recording_rules.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
+#: Generated from SLO_SPEC by ``python -m instrument.slo rules`` (test_slo_rules.py keeps it so).
+SLO_RULES = PROMETHEUS_DIR / "slo_rules.yml"
+SLO_SPEC = MONITORING / "slo.yml"
+#: Every rule file prometheus.yml loads.
+RULE_FILES = (RECORDING_RULES, ALERTS, SLO_RULES)
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 
 PROMETHEUS_BIN = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")
@@ -57,6 +62,7 @@ TEMPLATE_DEFAULTS: dict[str, str] = {
     "model": ".*",
     "route": ".*",
     "endpoint": ".*",
+    "slo": ".*",
 }
 
 

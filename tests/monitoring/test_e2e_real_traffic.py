@@ -112,7 +112,9 @@ def legends() -> list[str]:
 
 
 def recording_rules() -> list[Check]:
-    groups = yaml.safe_load(prom.RECORDING_RULES.read_text())["groups"]
+    """The hand-written recording rules and those generated from the SLO spec."""
+    groups = [group for path in (prom.RECORDING_RULES, prom.SLO_RULES)
+              for group in yaml.safe_load(path.read_text())["groups"]]
     return [(rule["record"], rule["expr"]) for group in groups for rule in group["rules"]
             if "record" in rule]
 
@@ -210,7 +212,7 @@ def test_dashboard_and_rules_on_real_traffic(prometheus_bin: str,
         traffic = stack.enter_context(Traffic(base_url, OVERFLOW_MODELS))
         traffic.wait_rounds(1, timeout=15)  # every series exists before the first scrape
         handle = stack.enter_context(prom.run_prometheus(
-            [base_url.removeprefix("http://")], [prom.RECORDING_RULES, prom.ALERTS],
+            [base_url.removeprefix("http://")], list(prom.RULE_FILES),
             scrape_interval="1s"))
         workdir = handle.config_file.parent
         handle.wait_for_scrapes(2, timeout=30)  # traffic keeps flowing meanwhile
