@@ -56,7 +56,7 @@ def rule_groups(spec: Spec) -> list[Group]:
 def windows(spec: Spec) -> tuple[str, ...]:
     """The error-ratio windows every SLO records, shortest first."""
     pairs = [w for burn in (*PAGE, *TICKET) for w in (burn.short, burn.long)]
-    return tuple(dict.fromkeys(sorted(pairs, key=_seconds))) + (spec.period,)
+    return (*dict.fromkeys(sorted(pairs, key=_seconds)), spec.period)
 
 
 # --------------------------------------------------------------------------- SLOs
@@ -91,7 +91,8 @@ def error_ratio(o: Objective, window: str) -> str:
         bad_metric, bad, total_matchers = "http_errors_total", {}, {}
     elif o.metric.name == "provider_requests_total":
         # A call the caller cancelled is neither good nor bad.
-        bad_metric, bad, total_matchers = o.metric.name, {"status": "error"}, {"status!": "cancelled"}
+        bad_metric, bad = o.metric.name, {"status": "error"}
+        total_matchers = {"status!": "cancelled"}
     else:
         bad_metric, bad, total_matchers = o.metric.name, {"outcome!~": "|".join(o.good)}, {}
     total = f"sum(rate({selector(o.metric.name, match, **total_matchers)}[{window}]))"

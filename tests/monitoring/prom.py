@@ -350,8 +350,9 @@ def metric_names(expr: str) -> set[str]:
     return {word for word in _IDENT.findall(_strip(expr)) if word.lower() not in PROMQL_WORDS}
 
 
-def selectors(expr: str) -> list[tuple[str, str]]:
-    """Each vector selector in ``expr`` as ``(metric name, matcher text)``; matcher may be ''."""
+def selector_spans(expr: str) -> list[tuple[str, int, int, int]]:
+    """Each vector selector in ``expr`` as ``(metric name, start, matcher start, end)``:
+    ``expr[start:end]`` is the whole selector, ``expr[matcher start:end]`` its ``{...}``."""
     names = metric_names(expr)
     # Inside {} only label names occur, so a name found there is never a selector.
     masked = _STRING.sub(lambda m: " " * len(m.group()), expr)
@@ -360,5 +361,10 @@ def selectors(expr: str) -> list[tuple[str, str]]:
         name = match.group(1)
         if name in names:
             start, end = match.span(2) if match.group(2) else (match.end(1), match.end(1))
-            out.append((name, expr[start:end]))
+            out.append((name, match.start(1), start, end))
     return out
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """Each vector selector in ``expr`` as ``(metric name, matcher text)``; matcher may be ''."""
+    return [(name, expr[start:end]) for name, _, start, end in selector_spans(expr)]

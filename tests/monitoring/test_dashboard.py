@@ -111,18 +111,14 @@ def test_import_asks_for_the_prometheus_datasource(dashboard: dict[str, Any]) ->
 
 
 def test_every_panel_is_complete(dashboard: dict[str, Any]) -> None:
+    """What grafana/dashboard-linter does not check (test_dashboard_lint.py runs its rules)."""
     ids = [p["id"] for p in prom.iter_panels(dashboard["panels"])]
     assert len(ids) == len(set(ids)), "duplicate panel id"
     for panel in panels(dashboard):
-        title = panel.get("title")
-        assert title, panel
-        assert panel["datasource"] == DS, title
-        assert panel["fieldConfig"]["defaults"].get("unit"), f"{title}: no unit"
+        title = panel["title"]
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0, title
-        assert panel["targets"], f"{title}: no targets"
         for target in panel["targets"]:
-            assert target["datasource"] == DS, title
             assert target.get("expr"), title
             assert target.get("legendFormat"), f"{title}: series without a legend"
         refs = [t["refId"] for t in panel["targets"]]
@@ -233,14 +229,6 @@ def test_panels_filter_by_every_variable_that_applies(dashboard: dict[str, Any])
                 if var in labels_of(name) and f'{var}=~"${var}"' not in matcher.replace(" ", ""):
                     problems.append(f"{title}: {name}{matcher} ignores ${var}")
     assert problems == []
-
-
-def test_rates_use_grafana_intervals(dashboard: dict[str, Any]) -> None:
-    for title, target in targets(dashboard):
-        for func, window in re.findall(r"\b(rate|irate|increase)\(\s*[^()]*?\[([^\]]+)\]",
-                                       target["expr"]):
-            expected = "$__range" if func == "increase" else "$__rate_interval"
-            assert window == expected, f"{title}: {func}(...[{window}])"
 
 
 def test_latency_panels_show_exemplars(dashboard: dict[str, Any]) -> None:

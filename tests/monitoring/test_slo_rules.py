@@ -1,4 +1,4 @@
-"""The rules generated from monitoring/slo.yml: in step with the spec, promtool-clean, unit-tested."""
+"""The rules generated from monitoring/slo.yml: in step with the spec, checked, unit-tested."""
 
 from __future__ import annotations
 
