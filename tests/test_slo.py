@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,33 @@ def test_the_slo_package_is_not_imported_by_instrument() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True, cwd=ROOT)
     assert result.stdout.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------- docs/slo.md
+
+DOC = ROOT / "docs" / "slo.md"
+
+
+def test_the_doc_shows_the_shipped_spec() -> None:
+    block = DOC.read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert block == (ROOT / "monitoring" / "slo.yml").read_text()
+
+
+def test_the_doc_lists_every_histogram_s_buckets() -> None:
+    from instrument._catalog import CATALOG
+
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([\d., ]+) \|$", DOC.read_text(), re.M))
+    assert rows == {spec.name: ", ".join(f"{b:g}" for b in spec.buckets)
+                    for spec in CATALOG if spec.kind == "histogram"}
+
+
+def test_the_doc_s_refusal_is_the_one_the_command_prints(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    shipped = yaml.safe_load((ROOT / "monitoring" / "slo.yml").read_text())
+    shipped["slos"][1]["threshold"] = 1.5
+    path = tmp_path / "slo.yml"
+    path.write_text(yaml.safe_dump(shipped))
+    assert main(["rules", str(path)]) == 2
+    printed = capsys.readouterr().err.replace(str(path), "slo.yml").strip()
+    assert f"$ python -m instrument.slo rules slo.yml\n{printed}\n" in DOC.read_text()
