@@ -124,6 +124,7 @@ def test_budgets_are_checked(budget: dict[str, Any], fix: str) -> None:
     (spec(period="3d"), "from 7d to 90d"),
     ({"slos": [CHAT, CHAT]}, "name 'chat' is used twice"),
     (slo(name="Chat SLO"), "lowercase letters"),
+    (slo(description="{{ $labels.route }} works"), "description must be a string without {{"),
     (spec(unpriced={"max_share": 5}), "max_share 5 is not a share strictly between 0 and 1"),
     (spec(unpriced={"max_share": 0.1, "reasons": ["free"]}), "reasons must list some of"),
 ])

@@ -134,8 +134,9 @@ def _objective(entry: Any, index: int) -> Objective:
         raise SpecError(f"{where}: objective {objective!r} is not a share strictly between 0 "
                         "and 1 (write 0.995 for 99.5 %)")
     description = raw.get("description", f"{_percent(objective)} of {metric.name} good")
-    if not isinstance(description, str):
-        raise SpecError(f"{where}: description must be a string")
+    if not isinstance(description, str) or "{{" in description:
+        # The alerts quote it, and Prometheus would run {{ ... }} as a template.
+        raise SpecError(f"{where}: description must be a string without {{{{ }}}}")
     threshold = _threshold(raw, metric, where)
     good = _good(raw, metric, where)
     return Objective(name, description, metric, match, float(objective), threshold, good)
