@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import prom
 import pytest
 import yaml
+from catalog_app import SELECTED
 
-from instrument.slo import load_spec, render_rules
+from instrument._catalog import CATALOG
+from instrument.slo import load_spec, parse_spec, render_rules, rule_groups
 
 SLO_TEST = Path(__file__).resolve().parent / "slo_test.yml"
 SOURCE = "monitoring/slo.yml"  # how the header of the shipped rules names the spec
@@ -142,3 +146,62 @@ def test_the_burn_windows_and_factors_are_the_workbook_s() -> None:
     pairs = re.findall(r"ratio_rate(\w+)\{[^}]*\} / 0\.005 > ([\d.]+)", "\n".join(exprs))
     assert pairs == [("1h", "14.4"), ("5m", "14.4"), ("6h", "6"), ("30m", "6"),
                      ("3d", "1"), ("6h", "1")]
+
+
+
+def every_sli_spec() -> dict[str, Any]:
+    """One SLO of every kind the generator makes, on the catalog app's label values: each
+    ratio metric, and each histogram at a boundary (a whole number where it has one: the
+    spelling ``le="1.0"`` is the one to get right)."""
+    slos: list[dict[str, Any]] = [
+        {"name": "http", "metric": "http_requests_total", "match": {"route": SELECTED["route"]},
+         "objective": 0.99},
+        {"name": "provider", "metric": "provider_requests_total",
+         "match": {"provider": SELECTED["provider"], "model": SELECTED["model"]},
+         "objective": 0.99},
+        {"name": "streams", "metric": "sse_streams_closed_total",
+         "match": {"endpoint": SELECTED["endpoint"]}, "objective": 0.99},
+    ]
+    for spec in CATALOG:
+        if spec.kind == "histogram":
+            whole = [b for b in spec.buckets if b == int(b)]
+            threshold = whole[0] if whole else spec.buckets[len(spec.buckets) // 2]
+            slos.append({"name": spec.name.replace("_", "-"), "metric": spec.name,
+                         "threshold": threshold, "objective": 0.9})
+    return {"slos": slos,
+            "budgets": [{"name": "whole", "provider": SELECTED["provider"], "period": "daily",
+                         "usd": 1},
+                        {"name": "model", "provider": SELECTED["provider"],
+                         "model": SELECTED["model"], "period": "monthly", "usd": 1}],
+            "unpriced": {"max_share": 0.1}}
+
+
+@pytest.mark.prometheus
+def test_rules_of_every_sli_kind_pass_promtool(promtool: str, tmp_path: Path) -> None:
+    path = tmp_path / "every_sli.yml"
+    path.write_text(render_rules(parse_spec(every_sli_spec())))
+    result = run([promtool, "check", "rules", str(path)], cwd=tmp_path)
+    assert result.returncode == 0, show(result)
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_every_sli_kind_reads_data_from_real_series(live: Any) -> None:
+    """Each generated expression, run on the catalog app's scraped series, returns a number:
+    the selectors, the le spelling and the ratios fit what prometheus-client exposes."""
+    rules = [rule for group in rule_groups(parse_spec(every_sli_spec()))
+             for rule in group["rules"] if "record" in rule]
+    # The error ratios and the spend read raw series; the rest read recorded ones.
+    raw = [r for r in rules if r["record"].startswith(("slo:sli_error:", "budget:cost_usd:spend",
+                                                     "provider_model:"))]
+    assert len(raw) >= 6 * 12
+    deadline = time.monotonic() + 20  # rates need two scrapes in their window
+    pending = raw
+    while pending and time.monotonic() < deadline:
+        pending = [r for r in pending if not has_number(live.prom.query(r["expr"]))]
+        time.sleep(0.5)
+    assert [(r["labels"].get("slo", r["record"]), r["expr"]) for r in pending] == []
+
+
+def has_number(result: list[dict[str, Any]]) -> bool:
+    return any(not math.isnan(float(series["value"][1])) for series in result)
