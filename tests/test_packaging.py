@@ -105,6 +105,8 @@ def test_the_wheel_contains_only_the_instrument_package(wheel: Path) -> None:
     assert "instrument/py.typed" in names
     for module in (ROOT / "adapters").glob("*.py"):
         assert f"instrument/adapters/{module.name}" in names, module.name
+    for module in (ROOT / "instrument" / "slo").glob("*.py"):
+        assert f"instrument/slo/{module.name}" in names, module.name
     if (ROOT / "instrument" / "data" / "prices.json").exists():
         assert "instrument/data/prices.json" in names
 

@@ -50,8 +50,8 @@ class Live:
 
 @pytest.fixture(scope="session")
 def live(prometheus_bin: str) -> Iterator[Live]:
-    """Prometheus with both rule files loaded, scraping a :class:`CatalogApp` every second."""
+    """Prometheus with every rule file loaded, scraping a :class:`CatalogApp` every second."""
     with CatalogApp() as app, prom.run_prometheus(
-            [app.target], [prom.RECORDING_RULES, prom.ALERTS], scrape_interval="1s") as handle:
+            [app.target], list(prom.RULE_FILES), scrape_interval="1s") as handle:
         handle.wait_for_scrapes(3, timeout=30)
         yield Live(app, handle)

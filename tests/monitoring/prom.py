@@ -39,6 +39,11 @@ DASHBOARD = MONITORING / "grafana_dashboard.json"
 PROMETHEUS_DIR = MONITORING / "prometheus"
 RECORDING_RULES = PROMETHEUS_DIR / "recording_rules.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
+#: Generated from SLO_SPEC by ``python -m instrument.slo rules`` (test_slo_rules.py keeps it so).
+SLO_RULES = PROMETHEUS_DIR / "slo_rules.yml"
+SLO_SPEC = MONITORING / "slo.yml"
+#: Every rule file prometheus.yml loads.
+RULE_FILES = (RECORDING_RULES, ALERTS, SLO_RULES)
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 
 PROMETHEUS_BIN = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")
@@ -57,6 +62,7 @@ TEMPLATE_DEFAULTS: dict[str, str] = {
     "model": ".*",
     "route": ".*",
     "endpoint": ".*",
+    "slo": ".*",
 }
 
 
@@ -344,8 +350,9 @@ def metric_names(expr: str) -> set[str]:
     return {word for word in _IDENT.findall(_strip(expr)) if word.lower() not in PROMQL_WORDS}
 
 
-def selectors(expr: str) -> list[tuple[str, str]]:
-    """Each vector selector in ``expr`` as ``(metric name, matcher text)``; matcher may be ''."""
+def selector_spans(expr: str) -> list[tuple[str, int, int, int]]:
+    """Each vector selector in ``expr`` as ``(metric name, start, matcher start, end)``:
+    ``expr[start:end]`` is the whole selector, ``expr[matcher start:end]`` its ``{...}``."""
     names = metric_names(expr)
     # Inside {} only label names occur, so a name found there is never a selector.
     masked = _STRING.sub(lambda m: " " * len(m.group()), expr)
@@ -354,5 +361,10 @@ def selectors(expr: str) -> list[tuple[str, str]]:
         name = match.group(1)
         if name in names:
             start, end = match.span(2) if match.group(2) else (match.end(1), match.end(1))
-            out.append((name, expr[start:end]))
+            out.append((name, match.start(1), start, end))
     return out
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """Each vector selector in ``expr`` as ``(metric name, matcher text)``; matcher may be ''."""
+    return [(name, expr[start:end]) for name, _, start, end in selector_spans(expr)]

@@ -98,8 +98,7 @@ def test_prometheus_runs_our_config_with_exemplar_storage(compose: dict[str, Any
     # Rule files are relative to the config, so they must be mounted next to it.
     for rule_file in load(config)["rule_files"]:
         container_rule = PurePosixPath(config_path).parent / rule_file
-        assert to_host(service, str(container_rule)) in {
-            prom.RECORDING_RULES.resolve(), prom.ALERTS.resolve()}
+        assert to_host(service, str(container_rule)) in {f.resolve() for f in prom.RULE_FILES}
     data = flag(service, "--storage.tsdb.path")
     assert data and any(target == data and not source.startswith(".")
                         for source, target in mounts(service)), "TSDB on a named volume"
@@ -115,7 +114,7 @@ def test_prometheus_config_scrapes_both_kinds_of_app() -> None:
     assert targets == {"instrument-app": ["localhost:8000"],
                        "instrument-adapter": ["localhost:8080"]}
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in jobs.values())
-    assert config["rule_files"] == ["recording_rules.yml", "alerts.yml"]
+    assert config["rule_files"] == [f.name for f in prom.RULE_FILES]
     # The alert on `up` watches exactly these jobs.
     alerts = prom.ALERTS.read_text()
     assert 'up{job=~"instrument-app|instrument-adapter"}' in alerts

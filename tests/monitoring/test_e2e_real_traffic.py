@@ -54,6 +54,12 @@ EXPECTED_VALUES = {
 #: (ProviderTimeToFirstTokenRegression) is checked for healthy evaluation only, like
 #: every alert whose `for:` is longer than the test.
 NO_DATA_EXPECTED: dict[str, str] = {}
+#: Catalog families that the toolkit's code does not emit yet: the SDK integration work
+#: (issue 13) adds them, and the dashboard charts them already. Their panels are run for
+#: errors only (the catalog app's test gives them data), and this test fails once real
+#: traffic gives them data too, so that the entry goes when the emission lands.
+NOT_EMITTED_YET = frozenset({"provider_retries_total", "provider_fallbacks_total",
+                             "provider_ratelimit_remaining", "provider_ratelimit_limit"})
 #: The one alert that must fire: its `for:` is 0m and the traffic uses an unpriced model.
 FIRING = ("UnpricedModelSeen", "local")
 DEADLINE = 25.0  # seconds for everything to show data once Prometheus has scraped twice
@@ -112,7 +118,9 @@ def legends() -> list[str]:
 
 
 def recording_rules() -> list[Check]:
-    groups = yaml.safe_load(prom.RECORDING_RULES.read_text())["groups"]
+    """The hand-written recording rules and those generated from the SLO spec."""
+    groups = [group for path in (prom.RECORDING_RULES, prom.SLO_RULES)
+              for group in yaml.safe_load(path.read_text())["groups"]]
     return [(rule["record"], rule["expr"]) for group in groups for rule in group["rules"]
             if "record" in rule]
 
@@ -210,7 +218,7 @@ def test_dashboard_and_rules_on_real_traffic(prometheus_bin: str,
         traffic = stack.enter_context(Traffic(base_url, OVERFLOW_MODELS))
         traffic.wait_rounds(1, timeout=15)  # every series exists before the first scrape
         handle = stack.enter_context(prom.run_prometheus(
-            [base_url.removeprefix("http://")], [prom.RECORDING_RULES, prom.ALERTS],
+            [base_url.removeprefix("http://")], list(prom.RULE_FILES),
             scrape_interval="1s"))
         workdir = handle.config_file.parent
         handle.wait_for_scrapes(2, timeout=30)  # traffic keeps flowing meanwhile
@@ -234,7 +242,13 @@ def test_dashboard_and_rules_on_real_traffic(prometheus_bin: str,
         assert len(all_queries) == len(value_queries) == len(legends()) >= 40
         panels = ([(f"{title} [All]", expr) for title, expr in all_queries]
                   + [(f"{title} [every value]", expr) for title, expr in value_queries])
+        not_yet = [(t, e) for t, e in panels if prom.metric_names(e) & NOT_EMITTED_YET]
+        panels = [check for check in panels if check not in not_yet]
         failures += poll(lambda: without_data(handle, "panel", panels), deadline)
+        for title, expr in not_yet:  # evaluated once the other panels had their data
+            if has_data(handle.query(expr)):  # raises on an evaluation error
+                failures.append(f"panel {title!r} has data now: remove its metrics from "
+                                f"NOT_EMITTED_YET: {expr}")
         failures += legend_labels_missing(
             handle, [(title, legend, expr)
                      for (title, expr), legend in zip(all_queries, legends(), strict=True)])
