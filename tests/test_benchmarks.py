@@ -28,7 +28,8 @@ def test_benchmarks_run_and_report_every_figure() -> None:
         assert {"bare_us", "ours_added_us", "ours_default_added_us", "ours_access_log_added_us",
                 "ours_access_log_devnull_added_us", f"{alternative}_added_us", "ratio",
                 "access_log_ratio", "access_log_devnull_ratio", "floor_added_us",
-                "floor_ratio", "ours_no_trace_header_added_us"} <= set(figures)
+                "floor_ratio", "ours_no_trace_header_added_us", "over_floor",
+                "no_trace_header_over_floor"} <= set(figures)
         assert all(isinstance(v, float) for v in figures.values())
     events = ("access", "provider", "sse", "cache")
     assert {"loguru_floor_us", "stdlib_json_us", "structlog_orjson_us"} <= set(log)
