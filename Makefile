@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench prometheus clean
+.PHONY: demo test lint bench bench-instructions prometheus clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+bench-instructions: $(STAMP)
+	command -v valgrind >/dev/null || (apt-get update && apt-get install -y valgrind)
+	$(PY) -m benchmarks.instructions
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

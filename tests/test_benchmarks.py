@@ -73,3 +73,19 @@ def test_the_floor_middlewares_do_what_they_stand_for() -> None:
     assert not counts.active
     for histogram in counts.histograms.values():
         assert sum(histogram[:-1]) == 1 and histogram[-1] > 0
+
+
+def test_the_instruction_count_child_serves_each_variant_and_its_total_is_read() -> None:
+    """What callgrind runs must work for every variant (callgrind itself is too slow here)."""
+    from benchmarks import instructions
+
+    for framework in instructions.FRAMEWORKS:
+        for variant in instructions.VARIANTS:
+            out = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child",
+                                  framework, variant, "5"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=120)
+            assert out.returncode == 0, out.stderr[-2000:]
+            assert out.stderr == ""
+    assert instructions.parse_total("==1== Events    : Ir\n==1== Collected : 12345\n") == 12345
+    with pytest.raises(RuntimeError, match="no callgrind total"):
+        instructions.parse_total("valgrind: not found")
