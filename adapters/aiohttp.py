@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import _current, current_request
+from instrument._context import current_request, trace_context
 from instrument._exposition import respond
 from instrument._gate import Gate, Unmeasured
 from instrument._http import ClientRequest, ServerRequest, host_label
@@ -56,7 +56,7 @@ def instrument_app(app: web.Application, *, metrics_path: str | None = "/metrics
             if obs.nested:
                 return await handler(request)
             trace, request[_UNTIMED] = gate.untimed(request.headers)
-            token = _current.set(trace)
+            token = trace_context.set(trace)
             try:
                 if obs.metrics_route is not None and request.method in ("GET", "HEAD"):
                     out = respond(obs.metrics_route, request.headers.get("Accept"), registry,
@@ -65,7 +65,7 @@ def instrument_app(app: web.Application, *, metrics_path: str | None = "/metrics
                                         headers={"Content-Type": out.content_type})
                 return await handler(request)
             finally:
-                _current.reset(token)
+                trace_context.reset(token)
         resource = request.match_info.route.resource  # None for the router's 404/405
         obs.set_route(None if resource is None else resource.canonical)
         if task := asyncio.current_task():  # aiohttp runs each request in a task of its own

@@ -25,7 +25,7 @@ except ImportError:
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import _current
+from instrument._context import trace_context
 from instrument._http import ClientRequest, host_label
 from instrument._rawprovider import RawProviderCall
 
@@ -72,7 +72,7 @@ class _Call:
 
     def __init__(self, request: httpx.Request, wrapper: _Wrapper[Any]) -> None:
         self.stream: Any = None
-        self.trace = _current.get()
+        self.trace = trace_context.get()
         if self.trace is not None:  # outside a trace: no headers, and no trace started
             for name, value in ClientRequest.headers():
                 request.headers[name] = value
@@ -128,7 +128,7 @@ class _Call:
         """
         if self.request.finished:
             return
-        token = None if _current.get() is self.trace else _current.set(self.trace)
+        token = None if trace_context.get() is self.trace else trace_context.set(self.trace)
         try:
             self.request.finish(status, exc)
             if self.provider is not None:
@@ -139,7 +139,7 @@ class _Call:
                     _metrics.report_internal_error("httpx_provider", err)
         finally:
             if token is not None:
-                _current.reset(token)
+                trace_context.reset(token)
 
     # Iterator objects, not generators: an abandoned read leaves nothing to finalise.
     def __iter__(self) -> Iterator[bytes]:

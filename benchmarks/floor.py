@@ -40,7 +40,7 @@ class _Request:
 
 
 # the trace ID and the request: one context variable, as in ours
-_current: ContextVar[tuple[str, _Request] | None] = ContextVar("floor_current", default=None)
+trace_context: ContextVar[tuple[str, _Request] | None] = ContextVar("floor_current", default=None)
 
 
 class Counts:
@@ -114,12 +114,12 @@ def asgi(app: Any, counts: Counts) -> Callable[..., Any]:
                 counts.done(request, method, request.route or "__unmatched__", request.status,
                             perf_counter() - start)
 
-        token = _current.set((trace_id, request))
+        token = trace_context.set((trace_id, request))
         try:
             await app(scope, receive, send_observed)
         finally:
             counts.active.discard(request)  # the app failed or sent no complete body
-            _current.reset(token)
+            trace_context.reset(token)
 
     return middleware
 
@@ -150,7 +150,7 @@ class _Body:
         token, self._token = self._token, None
         if token is not None:  # once
             try:
-                _current.reset(token)
+                trace_context.reset(token)
             except ValueError:  # closed from another context: nothing of ours is bound there
                 pass
 
@@ -162,7 +162,7 @@ def flask(flask_app: Any, counts: Counts) -> Any:
     wsgi_app, preprocess = flask_app.wsgi_app, flask_app.preprocess_request
 
     def preprocess_request() -> Any:
-        ours, ctx = _current.get(), _cv_request.get(None)
+        ours, ctx = trace_context.get(), _cv_request.get(None)
         if ours is not None and ctx is not None and (rule := ctx.request.url_rule) is not None:
             ours[1].route = rule.rule
             counts.active.add(ours[1])
@@ -172,7 +172,7 @@ def flask(flask_app: Any, counts: Counts) -> Any:
         start, method = perf_counter(), environ["REQUEST_METHOD"]
         trace_id = _trace_id(environ.get("HTTP_X_TRACE_ID"))
         request = _Request()
-        token = _current.set((trace_id, request))  # undone by the server's close()
+        token = trace_context.set((trace_id, request))  # undone by the server's close()
 
         def start_traced(status: str, headers: list[tuple[str, str]],
                          exc_info: Any = None) -> Any:

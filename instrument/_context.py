@@ -35,10 +35,11 @@ class TraceContext(NamedTuple):
 make_context = partial(tuple.__new__, TraceContext)
 
 
-_current: ContextVar[TraceContext | None] = ContextVar("instrument_trace", default=None)
+#: the one context variable: the current trace (set and reset with tokens, in one frame)
+trace_context: ContextVar[TraceContext | None] = ContextVar("instrument_trace", default=None)
 
 # Accepted external trace IDs: what fits in a header, a log line and a label-free exemplar.
-_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
+VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
 _W3C_TRACE_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
 # Not a secret: OpenTelemetry's SDK also draws trace IDs from the Mersenne Twister.
 _getrandbits = random.getrandbits
@@ -62,30 +63,30 @@ def new_span_id() -> str:
 
 def get_trace_id() -> str | None:
     """The current trace ID, or None outside any trace."""
-    ctx = _current.get()
+    ctx = trace_context.get()
     return ctx.trace_id if ctx is not None else None
 
 
 def get_span_id() -> str | None:
     """The ID of the innermost open span (or the remote parent span), or None."""
-    ctx = _current.get()
+    ctx = trace_context.get()
     return ctx.span_id if ctx is not None else None
 
 
 def current() -> TraceContext | None:
-    return _current.get()
+    return trace_context.get()
 
 
 def current_request() -> Any:
     """The served request (``instrument._http.ServerRequest``) of this context, or None: it
     rides on the one trace context variable, so serving a request sets a single variable."""
-    ctx = _current.get()
+    ctx = trace_context.get()
     return ctx.request if ctx is not None else None
 
 
 def is_valid_trace_id(value: object) -> bool:
     """True when ``value`` is 1-128 characters of ``[A-Za-z0-9._:-]``."""
-    return isinstance(value, str) and _VALID_ID.fullmatch(value) is not None
+    return isinstance(value, str) and VALID_ID.fullmatch(value) is not None
 
 
 def is_w3c_trace_id(value: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 from prometheus_client import CollectorRegistry
 
 from instrument import _metrics
-from instrument._context import TraceContext, _current
+from instrument._context import TraceContext, trace_context
 from instrument._http import Client, Extract, ServerRequest
 from instrument._propagation import extract_checked, headers_for, incoming_trace
 
@@ -86,7 +86,7 @@ class Gate:
              full_path: str | None = None) -> ServerRequest | Unmeasured:
         """What this request is. ``path`` is matched against the rules; ``full_path`` (the
         mount point included, if any) is what the access line shows."""
-        if (ctx := _current.get()) is not None and ctx.request is not None:
+        if (ctx := trace_context.get()) is not None and ctx.request is not None:
             return NESTED
         skipped = self._skipped.get(path)
         if skipped is not None:
@@ -117,23 +117,23 @@ class Gate:
                 message["headers"], _sse = merge_headers(message.get("headers", ()), headers)
             await send(message)
 
-        token = _current.set(trace)
+        token = trace_context.set(trace)
         try:
             await app(scope, receive, send_traced)
         finally:
-            _current.reset(token)
+            trace_context.reset(token)
 
     def serve_untimed_wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any],
                            app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
         """Serve a WSGI request unmeasured, in ``untimed``'s trace, its headers sent back (the
         body is read after this returns: without the trace)."""
         trace, pairs = self.untimed(environ)
-        token = _current.set(trace)
+        token = trace_context.set(trace)
         try:
             return app(environ, lambda status, headers, exc_info=None:
                        start_response(status, merge_headers(headers, pairs)[0], exc_info))
         finally:
-            _current.reset(token)
+            trace_context.reset(token)
 
 
 # header name -> 1 (Content-Type) or 2 (ours): ASGI's lower-case bytes and the usual spellings;

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 from instrument import _metrics
 from instrument._context import (
     TraceContext,
-    _current,
     accept_trace_id,
     is_w3c_trace_id,
     make_context,
     new_trace_id,
+    trace_context,
 )
 from instrument._engine import CANCELLED, ERROR, OK
 from instrument._loggate import emit, log_enabled
@@ -100,12 +100,12 @@ class ServerRequest:
     # -- the trace -----------------------------------------------------------------------
     def enter(self) -> Token[TraceContext | None]:
         """Make this request's trace current; undo with ``exit(token)`` in the same context."""
-        return _current.set(make_context((self.trace_id, self.span_id, None, self)))
+        return trace_context.set(make_context((self.trace_id, self.span_id, None, self)))
 
     @staticmethod
     def exit(token: Token[TraceContext | None]) -> None:
         try:
-            _current.reset(token)
+            trace_context.reset(token)
         except ValueError:  # entered in another context: nothing left to restore there
             pass
 

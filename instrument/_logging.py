@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from loguru import logger
 
 from instrument import _loggate, _metrics
-from instrument._context import _current
+from instrument._context import trace_context
 from instrument._logqueue import LineQueue
 from instrument._redact import REDACTED, is_secret_key, needs_scrub, redact, scrub
 
@@ -309,7 +309,7 @@ def _patch(record: Any) -> None:
     """Stamp the caller's trace context on the record (runs in the logging call's context)."""
     extra = record["extra"]
     if "trace_id" not in extra or "span_id" not in extra:
-        ctx = _current.get()
+        ctx = trace_context.get()
         extra.setdefault("trace_id", ctx.trace_id if ctx is not None else None)
         extra.setdefault("span_id", ctx.span_id if ctx is not None else None)
 

@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
-from instrument._context import _current
+from instrument._context import trace_context
 from instrument._loggate import emit, log_enabled
 from instrument._served import Series, ServedRequests, TraceCount
 
@@ -141,7 +141,7 @@ class BoundHistogram:
 
     def observe_current(self, amount: float) -> None:
         """Observe with the current trace (if any) as exemplar."""
-        ctx = _current.get()
+        ctx = trace_context.get()
         self.observe_trace(amount, ctx.trace_id if ctx is not None else None)
 
     @property

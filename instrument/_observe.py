@@ -6,7 +6,7 @@ from time import perf_counter
 from typing import Any
 
 from instrument import _metrics
-from instrument._context import _current, make_context, new_span_id, new_trace_id
+from instrument._context import make_context, new_span_id, new_trace_id, trace_context
 from instrument._engine import Observer
 from instrument._loggate import log_enabled
 
@@ -26,7 +26,7 @@ class TracedObserver(Observer):
         self.ended = False
         self.metrics = metrics
         self.start = perf_counter()
-        ctx = _current.get()
+        ctx = trace_context.get()
         if ctx is None:
             metrics.traces.inc()
             self.trace = make_context((new_trace_id(), new_span_id(), usage, None))
@@ -37,11 +37,11 @@ class TracedObserver(Observer):
             self.parent_span_id = ctx.span_id
 
     def enter(self) -> Any:
-        return _current.set(self.trace)
+        return trace_context.set(self.trace)
 
     def leave(self, state: Any) -> None:
         try:
-            _current.reset(state)
+            trace_context.reset(state)
         except ValueError:  # entered in another context (a GC finaliser): nothing to undo
             pass
 

@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from instrument._context import (
-    _VALID_ID,
+    VALID_ID,
     TraceContext,
-    _current,
     accept_trace_id,
     is_valid_trace_id,
     is_w3c_trace_id,
     new_span_id,
     new_trace_id,
+    trace_context,
 )
 
 TRACE_HEADER = "X-Trace-ID"
@@ -124,7 +124,7 @@ def extract_asgi(headers: Any) -> tuple[str | None, str | None, bool]:
     if raw_parent is None:  # the common case: at most an X-Trace-ID
         if trace_header is None:
             return None, None, False
-        return trace_header, None, _VALID_ID.fullmatch(trace_header) is not None
+        return trace_header, None, VALID_ID.fullmatch(trace_header) is not None
     return _checked(trace_header, raw_parent)
 
 
@@ -135,7 +135,7 @@ def extract_wsgi(environ: Any) -> tuple[str | None, str | None, bool]:
     if raw_parent is None:
         if trace_header is None:
             return None, None, False
-        return trace_header, None, _VALID_ID.fullmatch(trace_header) is not None
+        return trace_header, None, VALID_ID.fullmatch(trace_header) is not None
     return _checked(trace_header, raw_parent)
 
 
@@ -160,7 +160,7 @@ def extract_checked(headers: Any) -> tuple[str | None, str | None, bool]:
     if raw_parent is None:  # the common case: at most an X-Trace-ID
         if trace_header is None:
             return None, None, False
-        return trace_header, None, _VALID_ID.fullmatch(trace_header) is not None
+        return trace_header, None, VALID_ID.fullmatch(trace_header) is not None
     return _checked(trace_header, raw_parent)
 
 
@@ -200,7 +200,7 @@ def headers_for(ctx: TraceContext) -> list[tuple[str, str]]:
 
 def trace_headers() -> list[tuple[str, str]]:
     """The outgoing headers for the current trace (none outside a trace)."""
-    ctx = _current.get()
+    ctx = trace_context.get()
     return [] if ctx is None else headers_for(ctx)
 
 

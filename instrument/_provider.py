@@ -8,7 +8,7 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from instrument import _metrics, _pricing
-from instrument._context import _current
+from instrument._context import trace_context
 from instrument._engine import STATUS, instrument_callable
 from instrument._loggate import emit
 from instrument._observe import TracedObserver, log_enabled, resolve_metrics
@@ -357,7 +357,7 @@ def record_usage(input_tokens: int = 0, output_tokens: int = 0, cached_input_tok
         if fee is not None and (not isinstance(fee, (int, float)) or isinstance(fee, bool)
                                 or not 0 <= fee < float("inf")):
             raise ValueError(f"costs must be finite non-negative numbers, got {fee!r}")
-    ctx = _current.get()
+    ctx = trace_context.get()
     usage = ctx.usage if ctx is not None else None
     if usage is None or usage.closed:
         return False

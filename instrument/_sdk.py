@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from instrument import _metrics
-from instrument._context import _current
+from instrument._context import trace_context
 from instrument._engine import (
     CLOSED,
     OK,
@@ -219,7 +219,7 @@ class Target:
 
     def start(self, operation: str, kwargs: dict[str, Any]) -> Observer:
         """A provider call for these SDK keyword arguments; its trace headers join them."""
-        ctx = _current.get()
+        ctx = trace_context.get()
         call: Observer
         if ctx is not None and ctx.usage is not None and not ctx.usage.closed:
             call, trace = NestedCall(ctx.usage), ctx

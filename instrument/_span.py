@@ -10,7 +10,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from instrument import _metrics
-from instrument._context import TraceContext, _current, accept_trace_id, new_span_id, new_trace_id
+from instrument._context import (
+    TraceContext,
+    accept_trace_id,
+    new_span_id,
+    new_trace_id,
+    trace_context,
+)
 from instrument._engine import STATUS, instrument_callable, status_of
 from instrument._loggate import emit
 from instrument._observe import TracedObserver, log_enabled
@@ -42,14 +48,14 @@ class Span:
 
 def open_span(name: str, attributes: dict[str, Any]) -> tuple[Span, Token[TraceContext | None]]:
     """Start a span under the current one (or a new trace) and make it current."""
-    ctx = _current.get()
+    ctx = trace_context.get()
     if ctx is None:
         trace_id, parent, usage, request = new_trace_id(), None, None, None
         _metrics.count_trace()
     else:
         trace_id, parent, usage, request = ctx
     span = Span(name, trace_id, new_span_id(), parent, attributes)
-    return span, _current.set(TraceContext(trace_id, span.span_id, usage, request))
+    return span, trace_context.set(TraceContext(trace_id, span.span_id, usage, request))
 
 
 def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,
@@ -80,7 +86,7 @@ def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException
                     span.span_id, span.parent_span_id, span.attributes)
     finally:
         try:
-            _current.reset(token)
+            trace_context.reset(token)
         except ValueError:
             # closed in another context (e.g. a generator finalised by the GC):
             # that context is gone, so there is nothing to restore
@@ -168,10 +174,10 @@ def use_trace_id(trace_id: object, parent_span_id: str | None = None) -> Iterato
     """
     accepted = accept_trace_id(trace_id)
     _metrics.count_trace()
-    outer = _current.get()  # still serving the same request, if any
-    token = _current.set(TraceContext(accepted, parent_span_id, None,
+    outer = trace_context.get()  # still serving the same request, if any
+    token = trace_context.set(TraceContext(accepted, parent_span_id, None,
                                       outer.request if outer is not None else None))
     try:
         yield accepted
     finally:
-        _current.reset(token)
+        trace_context.reset(token)
