@@ -17,7 +17,7 @@ except ImportError as exc:
 
 from prometheus_client import CollectorRegistry
 
-from instrument._sdk import Target, observe_method, observe_stream_helper
+from instrument._sdk import Target, observe_http, observe_method, observe_stream_helper
 
 __all__ = ["instrument_anthropic"]
 
@@ -40,4 +40,5 @@ def instrument_anthropic(client: C, *, provider: str = "anthropic",
     # stream() sends its own request, not through create: it is observed by itself
     observe_stream_helper(messages, "messages", target,
                           isinstance(client, anthropic.AsyncAnthropic))
+    observe_http(client)
     return client

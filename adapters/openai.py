@@ -18,7 +18,7 @@ except ImportError as exc:
 
 from prometheus_client import CollectorRegistry
 
-from instrument._sdk import Target, observe_method, observe_stream_helper
+from instrument._sdk import Target, observe_http, observe_method, observe_stream_helper
 
 __all__ = ["instrument_openai"]
 
@@ -42,4 +42,5 @@ def instrument_openai(client: C, *, provider: str = "openai",
     observe_stream_helper(completions, "chat", None, isinstance(client, openai.AsyncOpenAI))
     observe_method(client.responses, "create", "responses", target)
     observe_method(client.embeddings, "create", "embeddings", target)
+    observe_http(client)
     return client

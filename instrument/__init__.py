@@ -8,6 +8,7 @@ lines are JSON through loguru. Framework adapters live in
 
 from __future__ import annotations
 
+from instrument._attempts import mark_fallback
 from instrument._cache import record_cache, track_cache
 from instrument._catalog import CATALOG, MetricSpec
 from instrument._context import get_span_id, get_trace_id, new_trace_id
@@ -46,6 +47,7 @@ __all__ = [
     "load_prices",
     "make_asgi_app",
     "make_wsgi_app",
+    "mark_fallback",
     "metrics_summary",
     "new_trace_id",
     "record_cache",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from instrument import _metrics, _pricing
+from instrument import _attempts, _metrics, _pricing
 from instrument._context import _current
 from instrument._engine import CANCELLED, CLOSED, ERROR, OK, instrument_callable
 from instrument._loggate import emit
@@ -42,6 +42,11 @@ class Usage:
     api_cost_usd = 0.0
     explicit = False
     closed = False  # the call has ended: record_usage no longer applies
+    #: HTTP attempts and retries seen by an SDK client's hooks (``_attempts``)
+    attempts = 0
+    retries = 0
+    #: the latest rate-limit headers: ``{(kind, "remaining"|"limit"): value}``
+    ratelimit: dict[tuple[str, str], float] | None = None
 
     def merge(self, found: Found) -> None:
         """Usage read from a response or chunk: cumulative, so the latest non-zero figure wins."""
@@ -231,6 +236,8 @@ class ProviderCall(TracedObserver):
             if status == "ok" and self.usage.output > 1:  # the GenAI conventions' definition
                 m.provider_tpot.child(provider, model).observe_trace(
                     (latency - ttft) / (self.usage.output - 1), trace_id)
+        if u.attempts:
+            _attempts.settle(m, provider, model, u)
         cost = self._account(status)
         if log_enabled(30 if status == "error" else 20):
             self._log(status, exc, latency, ttft, cost, result)
@@ -314,7 +321,7 @@ class ProviderCall(TracedObserver):
             "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
             "input_tokens": u.input, "output_tokens": u.output,
             "cached_input_tokens": u.cached_input, "cache_write_tokens": u.cache_write,
-            "reasoning_tokens": u.reasoning,
+            "reasoning_tokens": u.reasoning, "retries": u.retries,
             "cost_usd": round(cost, 8) if cost is not None else None,
             "trace_id": self.trace.trace_id, "span_id": self.trace.span_id,
         }

@@ -8,7 +8,8 @@ SDK's own object (its attributes, helpers and type stay the SDK's) whose items
 pass through the engine's ``SyncStream``/``AsyncStream``, so it is finalised
 exactly once on every exit path. The trace headers go out with the request as
 the SDK's ``extra_headers``, so they reach the provider whatever HTTP client
-the SDK uses.
+the SDK uses. Its HTTP attempts and rate-limit headers are read by hooks on the
+SDK client's own ``httpx``/``httpx2`` client (``_attempts``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from instrument import _metrics
+from instrument._attempts import hook_http_client
 from instrument._context import _current
 from instrument._engine import (
     CLOSED,
@@ -246,6 +248,18 @@ class Target:
         if isinstance(result, self.streams[1]):
             return AsyncSDKStream(result, call)
         return None
+
+
+def observe_http(client: Any) -> None:
+    """Count the attempts and read the rate-limit headers of ``client``'s observed calls,
+    through hooks on the HTTP client the SDK sends them with (``client._client``)."""
+    http = getattr(client, "_client", None)
+    if http is None or not hasattr(http, "event_hooks"):
+        return
+    try:
+        hook_http_client(http)
+    except Exception as err:  # an HTTP client of another shape: no retries, no headroom
+        _metrics.report_internal_error("sdk_http_hooks", err)
 
 
 def _claim(resource: Any, name: str) -> Any:
