@@ -21,7 +21,7 @@ from instrument._exposition import (
 )
 from instrument._logging import configure_logging
 from instrument._metrics import configure, gunicorn_child_exit
-from instrument._pricing import Price, get_price, load_prices
+from instrument._pricing import Price, get_price, load_prices, use_genai_prices
 from instrument._propagation import extract_trace_id, inject_headers, trace_headers
 from instrument._provider import record_usage, track_provider
 from instrument._span import Span, trace_span, use_trace_id
@@ -58,5 +58,6 @@ __all__ = [
     "track_cache",
     "track_provider",
     "track_sse",
+    "use_genai_prices",
     "use_trace_id",
 ]

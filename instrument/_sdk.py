@@ -205,7 +205,7 @@ class NestedCall(Observer):
         if (u.input or u.output) and not self.outer.closed:
             # added, like record_usage: an agent's several SDK calls add up in its one call
             self.outer.record(u.input, u.output, u.cached_input, None, 0.0, u.cache_write,
-                              u.reasoning)
+                              u.reasoning, u.cache_write_1h)
 
 
 class Target:

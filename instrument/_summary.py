@@ -110,10 +110,10 @@ def _ratio(part: float, whole: float) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _headroom(ix: _Index) -> dict[tuple[str, str], dict[str, dict[str, float | None]]]:
+def _headroom(ix: _Index) -> dict[tuple[str, ...], dict[str, dict[str, float | None]]]:
     """Per (provider, model): ``{kind: {"remaining": ..., "limit": ...}}``, the latest
     rate-limit headers (a kind with only one of the two has None for the other)."""
-    out: dict[tuple[str, str], dict[str, dict[str, float | None]]] = defaultdict(dict)
+    out: dict[tuple[str, ...], dict[str, dict[str, float | None]]] = defaultdict(dict)
     for which in ("remaining", "limit"):
         for labels, found in ix.gauges.get(f"provider_ratelimit_{which}", {}).items():
             d = dict(labels)

@@ -84,6 +84,8 @@ class Usage:
     cached: int = 1000
     reasoning: int = 0
     cache_write: int = 0
+    #: Anthropic: how many of the cache writes are 1-hour ones (the rest are 5-minute)
+    cache_write_1h: int = 0
 
 
 @dataclass
@@ -235,8 +237,8 @@ class FakeLLM:
         u = self.usage
         return {"input_tokens": u.input, "output_tokens": output,
                 "cache_read_input_tokens": u.cached, "cache_creation_input_tokens": u.cache_write,
-                "cache_creation": {"ephemeral_5m_input_tokens": u.cache_write,
-                                   "ephemeral_1h_input_tokens": 0},
+                "cache_creation": {"ephemeral_5m_input_tokens": u.cache_write - u.cache_write_1h,
+                                   "ephemeral_1h_input_tokens": u.cache_write_1h},
                 "service_tier": "standard"}
 
     async def messages(self, request: Request) -> Response:
