@@ -85,6 +85,12 @@ def _check_summary(summary: dict[str, Any]) -> None:
         # (a client gone, a fallback) and calls failing half-way are of unknown cost
         assert set(p["unpriced_by_reason"]) <= {"cancelled", "error"}
     assert summary["cost_usd"]["tokens"] > 0
+    # the SDK retries by itself (max_retries=1), then the gateway falls back to the backup
+    assert providers["primary"]["retries"] > 0
+    assert [(f["provider"], f["to_provider"]) for f in summary["fallbacks"]] == [
+        ("primary", "backup")]
+    assert summary["fallbacks"][0]["calls"] > 0
+    assert providers["primary"]["ratelimit"] == {}  # the demo's fake sends no such headers
     (cache,) = summary["caches"]
     assert cache["cache"] == "answers" and cache["hits"] > 0 and cache["hit_ratio"] > 0
     (sse,) = summary["sse"]
