@@ -60,13 +60,13 @@ def instrument_openai(client: C | None = None, *, provider: str = "openai",
     """
     target = Target(provider, registry, openai.Stream, openai.AsyncStream)
     if client is None:
-        for cls, asynchronous in ((Completions, False), (AsyncCompletions, True)):
-            observe_class(cls, "create", "chat", target)
-            observe_class(cls, "stream", "chat", None, asynchronous)
-        for cls in (Responses, AsyncResponses):
-            observe_class(cls, "create", "responses", target)
-        for cls in (Embeddings, AsyncEmbeddings):
-            observe_class(cls, "create", "embeddings", target)
+        for chat, asynchronous in ((Completions, False), (AsyncCompletions, True)):
+            observe_class(chat, "create", "chat", target)
+            observe_class(chat, "stream", "chat", None, asynchronous)
+        for responses in (Responses, AsyncResponses):
+            observe_class(responses, "create", "responses", target)
+        for embeddings in (Embeddings, AsyncEmbeddings):
+            observe_class(embeddings, "create", "embeddings", target)
         return None
     if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
         raise TypeError(f"instrument_openai expects an openai.OpenAI or AsyncOpenAI client, "

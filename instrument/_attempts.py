@@ -107,6 +107,8 @@ async def _on_response_async(response: Any) -> None:
 def hook_http_client(http: Any) -> None:
     """Add the hooks to an ``httpx``/``httpx2`` client (sync or async), once."""
     hooks = http.event_hooks  # the client's own lists: appended to, not replaced
+    if any(h in hooks["request"] for h in (_on_request, _on_request_async)):
+        return  # hooked already (the class-wide form asks on every call)
     asynchronous = inspect.iscoroutinefunction(http.send)
     on_request = _on_request_async if asynchronous else _on_request
     on_response = _on_response_async if asynchronous else _on_response

@@ -86,7 +86,31 @@ class Usage:
 def _field(obj: Any, name: str) -> Any:
     if isinstance(obj, dict):
         return obj.get(name)
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is not None and name in attrs:
+        return attrs[name]
+    if _plain_model(type(obj), name):
+        # a pydantic model (the SDKs' responses and chunks) without that field: only an
+        # extra can hold it; asking getattr costs microseconds per stream chunk (it raises)
+        extra = getattr(obj, "__pydantic_extra__", None)
+        return extra.get(name) if extra else None
     return getattr(obj, name, None)
+
+
+_plain: dict[tuple[type, str], bool] = {}
+
+
+def _plain_model(cls: type, name: str) -> bool:
+    """Whether ``cls`` is a pydantic model whose class defines nothing called ``name`` (no
+    property, no method): its instances hold it in ``__dict__`` or extras, or not at all."""
+    key = (cls, name)
+    found = _plain.get(key)
+    if found is None:
+        found = "__pydantic_fields__" in dir(cls) and not any(
+            name in vars(k) for k in cls.__mro__)
+        if len(_plain) < _SERIES_CACHE:
+            _plain[key] = found
+    return found
 
 
 def _int(value: Any) -> int | None:
