@@ -87,12 +87,12 @@ def _events() -> dict[str, Callable[[], Any]]:
     req.bytes_sent = 14
     with instrument.use_trace_id(TRACE):
         call = ProviderCall(m, "openai", "gpt-4o-mini", "chat", False, None)
-        call.usage.merge((120, 40, 0, 0, 0))
+        call.usage.merge((120, 40, 0, 0, 0, 0))
         stream = SSEStream(m, "/chat/stream", None)
     stream.events, stream.heartbeats = 12, 1
     return {
         "access": lambda: req._log("/items/{item_id}", 200, 0.001234, False, True),
-        "provider": lambda: call._log("ok", None, 0.8123, 0.2012, 0.0000420, None),
+        "provider": lambda: call._log("ok", None, 0.8123, 0.2012, 0.0000420, "bundled", None),
         "sse": lambda: stream.log_end("completed", 2.5, None),
         "cache": lambda: log_lookup("semantic", True, 0.00042),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import adapters, decorators
+from benchmarks import adapters, decorators, sdk
 from benchmarks import logging as logging_bench
 
 
@@ -15,13 +15,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args()
     results = {"decorators": decorators.main(args.quick), "adapters": adapters.main(args.quick),
-               "logging": logging_bench.main(args.quick)}
+               "logging": logging_bench.main(args.quick), "sdk": sdk.main(args.quick)}
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(decorators.report(results["decorators"]))
         print(adapters.report(results["adapters"]))
         print(logging_bench.report(results["logging"]))
+        print(sdk.report(results["sdk"]))
 
 
 if __name__ == "__main__":

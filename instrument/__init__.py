@@ -8,6 +8,7 @@ lines are JSON through loguru. Framework adapters live in
 
 from __future__ import annotations
 
+from instrument._attempts import mark_fallback
 from instrument._cache import record_cache, track_cache
 from instrument._catalog import CATALOG, MetricSpec
 from instrument._context import get_span_id, get_trace_id, new_trace_id
@@ -20,7 +21,7 @@ from instrument._exposition import (
 )
 from instrument._logging import configure_logging
 from instrument._metrics import configure, gunicorn_child_exit
-from instrument._pricing import Price, get_price, load_prices
+from instrument._pricing import Price, get_price, load_prices, use_genai_prices
 from instrument._propagation import extract_trace_id, inject_headers, trace_headers
 from instrument._provider import record_usage, track_provider
 from instrument._span import Span, trace_span, use_trace_id
@@ -46,6 +47,7 @@ __all__ = [
     "load_prices",
     "make_asgi_app",
     "make_wsgi_app",
+    "mark_fallback",
     "metrics_summary",
     "new_trace_id",
     "record_cache",
@@ -56,5 +58,6 @@ __all__ = [
     "track_cache",
     "track_provider",
     "track_sse",
+    "use_genai_prices",
     "use_trace_id",
 ]

@@ -10,7 +10,15 @@ Anthropic reports ``input_tokens`` *excluding* cache reads, so its usage reader
 adds ``cache_read_input_tokens`` back before calling :func:`cost_usd`.
 Cache writes (Anthropic's ``cache_creation_input_tokens``) are a part of the input
 too, priced at ``cache_write`` where the table gives it (Anthropic's 5-minute
-rate, 1.25x input), else at the input rate.
+rate, 1.25x input), else at the input rate; those the usage reports as 1-hour
+writes at ``cache_write_1h`` (2x input), else at ``cache_write``.
+
+Where a call's price comes from (``price_call``, the log line's ``price_source``):
+entries added with :func:`load_prices` first (``load_prices``); then the
+``genai-prices`` package when it is installed (the ``[prices]`` extra) and not
+turned off with :func:`use_genai_prices` (``genai-prices``); then the shipped
+table (``bundled``). ``load_prices(..., replace=True)`` makes the loaded table
+the only source.
 
 The active table is an immutable :class:`PriceTable` swapped by one reference
 assignment, so readers on the hot path never take a lock.
@@ -28,6 +36,8 @@ from dataclasses import dataclass
 from datetime import date
 from importlib.resources import files
 from types import MappingProxyType
+
+from instrument import _genai
 
 UNIT = "USD per 1M tokens"
 
@@ -53,7 +63,7 @@ _PROVIDER_ALIASES = {
 # "@20241022". Stripped repeatedly, so "-2411-latest" also goes.
 _VERSION_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-\d{3}|-latest|@[\w.-]*)$")
 
-_PRICE_FIELDS = frozenset({"input", "cached_input", "cache_write", "output"})
+_PRICE_FIELDS = frozenset({"input", "cached_input", "cache_write", "cache_write_1h", "output"})
 _DOCUMENT_FIELDS = frozenset({"as_of", "unit", "source", "notes", "models"})
 
 
@@ -64,17 +74,20 @@ class Price:
     ``cached_input`` is the rate for input tokens served from the provider's
     prompt cache; ``None`` means the provider gives no discount. ``cache_write``
     is the rate for input tokens written to the cache; ``None`` means the input rate.
+    ``cache_write_1h`` is the rate of 1-hour cache writes (Anthropic); ``None`` means
+    ``cache_write``'s.
     """
 
     input: float
     output: float
     cached_input: float | None = None
     cache_write: float | None = None
+    cache_write_1h: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("input", "output", "cached_input", "cache_write"):
+        for name in ("input", "output", "cached_input", "cache_write", "cache_write_1h"):
             value = getattr(self, name)
-            if value is None and name in ("cached_input", "cache_write"):
+            if value is None and name not in ("input", "output"):
                 continue
             # bool is an int subclass; True as a price is a config mistake.
             if (
@@ -98,10 +111,15 @@ class Price:
         """The rate for input tokens written to the prompt cache, falling back to ``input``."""
         return self.input if self.cache_write is None else self.cache_write
 
+    @property
+    def cache_write_1h_rate(self) -> float:
+        """The rate for 1-hour cache writes, falling back to ``cache_write_rate``."""
+        return self.cache_write_rate if self.cache_write_1h is None else self.cache_write_1h
+
 
 def cost_usd(
     price: Price, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
-    cache_write_tokens: int = 0,
+    cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
 ) -> float:
     """Cost of one call in USD.
 
@@ -109,17 +127,20 @@ def cost_usd(
     ``prompt_tokens`` includes ``cached_tokens``), so they are priced once, at
     the cached rate, and the rest of the input at the full rate. Callers with
     Anthropic usage, where ``input_tokens`` excludes cache reads, pass
-    ``input_tokens + cache_read_input_tokens``.
+    ``input_tokens + cache_read_input_tokens``. ``cache_write_1h_tokens`` are a
+    part of ``cache_write_tokens``, priced at the 1-hour rate.
 
     Negative counts are treated as zero: this runs inside telemetry, where a
     malformed usage block must not raise into the user's call.
     """
     cached = max(cached_input_tokens, 0)
     written = max(cache_write_tokens, 0)
+    hour = min(max(cache_write_1h_tokens, 0), written)
     uncached = max(input_tokens - cached - written, 0)
     output = max(output_tokens, 0)
     return (uncached * price.input + cached * price.cached_rate
-            + written * price.cache_write_rate + output * price.output) / 1e6
+            + (written - hour) * price.cache_write_rate + hour * price.cache_write_1h_rate
+            + output * price.output) / 1e6
 
 
 def _canonical_provider(provider: str) -> str:
@@ -153,7 +174,7 @@ def _parse_price(key: str, raw: object, origin: str) -> Price:
         raise ValueError(f"{origin}: price of {key!r} lacks {missing}")
     try:
         return Price(raw["input"], raw["output"], raw.get("cached_input"),
-                     raw.get("cache_write"))
+                     raw.get("cache_write"), raw.get("cache_write_1h"))
     except ValueError as exc:
         raise ValueError(f"{origin}: price of {key!r}: {exc}") from None
 
@@ -303,6 +324,11 @@ def _read_json(path: str | os.PathLike[str], origin: str) -> object:
 _lock = threading.Lock()
 _shipped: PriceTable | None = None
 _active: PriceTable | None = None
+_user: PriceTable | None = None  # what load_prices() added, looked up before any other source
+_replaced = False  # load_prices(replace=True): the loaded table is the only source
+_genai_wanted = True  # use_genai_prices()
+
+BUNDLED, GENAI, LOADED = "bundled", "genai-prices", "load_prices"
 
 
 def _shipped_table() -> PriceTable:
@@ -354,7 +380,7 @@ def load_prices(
     a key without ``/`` or a negative or non-numeric price; the active table is
     then unchanged, since it is only swapped after the new one is complete.
     """
-    global _active
+    global _active, _user, _replaced
     if isinstance(source, (str, os.PathLike)):
         origin = f"price file {os.fspath(source)!r}"
         data = _read_json(source, origin)
@@ -370,10 +396,53 @@ def load_prices(
     # The lock serialises writers so two concurrent extensions both land.
     with _lock:
         _active = loaded if replace else _active_table().merged(loaded)
+        _user = loaded if replace or _user is None else _user.merged(loaded)
+        _replaced = _replaced or replace
 
 
 def reset_prices() -> None:
-    """Go back to the shipped prices (for tests and reconfiguration)."""
-    global _active
+    """Go back to the shipped prices, and to ``genai-prices`` where installed (for tests and
+    reconfiguration)."""
+    global _active, _user, _replaced, _genai_wanted
     with _lock:
         _active = _shipped_table()
+        _user, _replaced, _genai_wanted = None, False, True
+
+
+def use_genai_prices(enabled: bool = True) -> bool:
+    """Price calls with the ``genai-prices`` package when installed (the default), or not.
+
+    Returns whether it is now used: False when turned off or not installed
+    (``pip install 'llm-instrument[prices]'``, Python 3.11+).
+    """
+    global _genai_wanted
+    _genai_wanted = bool(enabled)
+    return _genai_wanted and _genai.available()
+
+
+def price_call(provider: str, model: str, input_tokens: int, output_tokens: int,
+               cached_input_tokens: int = 0, cache_write_tokens: int = 0,
+               cache_write_1h_tokens: int = 0) -> tuple[float | None, str | None]:
+    """A call's cost in USD and its source (``load_prices``, ``genai-prices`` or ``bundled``);
+    ``(None, None)`` when no source prices the model."""
+    counts = (input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
+              cache_write_1h_tokens)
+    user = _user
+    if user is not None:
+        price = user.lookup(provider, model)
+        if price is not None:
+            return cost_usd(price, *counts), LOADED
+        if _replaced:
+            return None, None
+    if _genai_wanted:
+        found = _genai.cost(_canonical_provider(provider), model, *counts)
+        if found is not None:
+            return found, GENAI
+    shipped = _shipped
+    if shipped is None:
+        with _lock:
+            shipped = _shipped_table()
+    price = shipped.lookup(provider, model)
+    if price is not None:
+        return cost_usd(price, *counts), BUNDLED
+    return None, None

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from instrument import _metrics, _pricing
+from instrument import _attempts, _metrics, _pricing
 from instrument._context import trace_context
 from instrument._engine import STATUS, instrument_callable
 from instrument._loggate import emit
@@ -18,6 +18,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 UNKNOWN_MODEL = "unknown"
 _MAX_LOGGED_CHARS = 2000
+
+_RECORDED: str | None = "record_usage"  # the price_source of a cost the caller gave
 
 _warned_unpriced: set[tuple[str, str]] = set()
 _MAX_WARNED = 1024
@@ -36,11 +38,17 @@ class Usage:
     output = 0
     cached_input = 0
     cache_write = 0
+    cache_write_1h = 0  # a part of cache_write (Anthropic's 1-hour cache writes)
     reasoning = 0
     cost_usd: float | None = None
     api_cost_usd = 0.0
     explicit = False
     closed = False  # the call has ended: record_usage no longer applies
+    #: HTTP attempts and retries seen by an SDK client's hooks (``_attempts``)
+    attempts = 0
+    retries = 0
+    #: the latest rate-limit headers: ``{(kind, "remaining"|"limit"): value}``
+    ratelimit: dict[tuple[str, str], float] | None = None
 
     def merge(self, found: Found) -> None:
         """Usage read from a response or chunk: cumulative, so the latest non-zero figure wins."""
@@ -49,10 +57,11 @@ class Usage:
         self.cached_input = found[2] or self.cached_input
         self.cache_write = found[3] or self.cache_write
         self.reasoning = found[4] or self.reasoning
+        self.cache_write_1h = found[5] or self.cache_write_1h
 
     def record(self, input_tokens: int, output_tokens: int, cached_input_tokens: int,
                cost_usd: float | None, api_cost_usd: float, cache_write_tokens: int = 0,
-               reasoning_tokens: int = 0) -> None:
+               reasoning_tokens: int = 0, cache_write_1h_tokens: int = 0) -> None:
         """Usage from ``record_usage``: it replaces what chunks said, and several calls add up.
 
         A call that passes only a flat ``api_cost_usd`` leaves token reading as it was.
@@ -61,11 +70,13 @@ class Usage:
                                   or cost_usd is not None):
             self.explicit = True
             self.input = self.output = self.cached_input = self.cache_write = self.reasoning = 0
+            self.cache_write_1h = 0
         self.input += input_tokens
         self.output += output_tokens
         self.cached_input += cached_input_tokens
         self.cache_write += cache_write_tokens
         self.reasoning += reasoning_tokens
+        self.cache_write_1h += cache_write_1h_tokens
         if cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + cost_usd
         self.api_cost_usd += api_cost_usd
@@ -74,7 +85,31 @@ class Usage:
 def _field(obj: Any, name: str) -> Any:
     if isinstance(obj, dict):
         return obj.get(name)
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is not None and name in attrs:
+        return attrs[name]
+    if _plain_model(type(obj), name):
+        # a pydantic model (the SDKs' responses and chunks) without that field: only an
+        # extra can hold it; asking getattr costs microseconds per stream chunk (it raises)
+        extra = getattr(obj, "__pydantic_extra__", None)
+        return extra.get(name) if extra else None
     return getattr(obj, name, None)
+
+
+_plain: dict[tuple[type, str], bool] = {}
+
+
+def _plain_model(cls: type, name: str) -> bool:
+    """Whether ``cls`` is a pydantic model whose class defines nothing called ``name`` (no
+    property, no method): its instances hold it in ``__dict__`` or extras, or not at all."""
+    key = (cls, name)
+    found = _plain.get(key)
+    if found is None:
+        found = "__pydantic_fields__" in dir(cls) and not any(
+            name in vars(k) for k in cls.__mro__)
+        if len(_plain) < _SERIES_CACHE:
+            _plain[key] = found
+    return found
 
 
 def _int(value: Any) -> int | None:
@@ -82,8 +117,8 @@ def _int(value: Any) -> int | None:
 
 
 #: (input incl. cache reads and writes, output incl. reasoning, cache reads, cache writes,
-#: reasoning)
-Found = tuple[int, int, int, int, int]
+#: reasoning, 1-hour cache writes (a part of cache writes))
+Found = tuple[int, int, int, int, int, int]
 
 
 def _detail(usage: Any, details: str, name: str) -> int:
@@ -113,7 +148,7 @@ def read_usage(obj: Any) -> Found | None:
         return (prompt, _int(_field(usage, "completion_tokens")) or 0,
                 _detail(usage, "prompt_tokens_details", "cached_tokens"),
                 _detail(usage, "prompt_tokens_details", "cache_write_tokens"),
-                _detail(usage, "completion_tokens_details", "reasoning_tokens"))
+                _detail(usage, "completion_tokens_details", "reasoning_tokens"), 0)
     anthropic_in = _int(_field(usage, "input_tokens"))
     output = _int(_field(usage, "output_tokens"))
     if anthropic_in is None and output is None:
@@ -123,13 +158,15 @@ def read_usage(obj: Any) -> Found | None:
     if cached is not None:
         return (anthropic_in or 0, output or 0, cached,
                 _detail(usage, "input_tokens_details", "cache_write_tokens"),
-                _detail(usage, "output_tokens_details", "reasoning_tokens"))
+                _detail(usage, "output_tokens_details", "reasoning_tokens"), 0)
     # Anthropic: input_tokens excludes cache reads and writes; add them back so
     # "input" means all prompt tokens, of which cache reads are "cached_input".
     cache_read = _int(_field(usage, "cache_read_input_tokens")) or 0
     cache_write = _int(_field(usage, "cache_creation_input_tokens")) or 0
+    # the writes by duration, where the usage says it: 1-hour writes cost more
+    hour = _detail(usage, "cache_creation", "ephemeral_1h_input_tokens") if cache_write else 0
     return ((anthropic_in or 0) + cache_read + cache_write, output or 0, cache_read,
-            cache_write, 0)
+            cache_write, 0, min(hour, cache_write))
 
 
 def read_model(obj: Any) -> str | None:
@@ -230,12 +267,15 @@ class ProviderCall(TracedObserver):
             if status == "ok" and self.usage.output > 1:  # the GenAI conventions' definition
                 m.provider_tpot.child(provider, model).observe_trace(
                     (latency - ttft) / (self.usage.output - 1), trace_id)
-        cost = self._account(status)
+        if u.attempts:
+            _attempts.settle(m, provider, model, u)
+        cost, source = self._account(status)
         if log_enabled(30 if status == "error" else 20):
-            self._log(status, exc, latency, ttft, cost, result)
+            self._log(status, exc, latency, ttft, cost, source, result)
 
-    def _account(self, status: str) -> float | None:
-        """Tokens and cost; returns the token cost in USD, None when it could not be priced."""
+    def _account(self, status: str) -> tuple[float | None, str | None]:
+        """Tokens and cost; returns the token cost in USD and where its price came from,
+        ``(None, None)`` when it could not be priced."""
         m, provider, model, u = self.metrics, self.provider, self.model, self.usage
         seen = u.input or u.output or u.cached_input
         if seen:
@@ -252,16 +292,14 @@ class ProviderCall(TracedObserver):
                 tokens.child(provider, model, "reasoning").inc(u.reasoning)
         if u.api_cost_usd:
             m.api_cost.child(provider).inc(u.api_cost_usd)
-        cost = u.cost_usd
+        cost, source = u.cost_usd, _RECORDED
         if cost is None and seen:
-            price = _pricing.get_price(provider, model)
-            if price is not None:
-                cost = _pricing.cost_usd(price, u.input, u.output, u.cached_input,
-                                         u.cache_write)
+            cost, source = _pricing.price_call(provider, model, u.input, u.output,
+                                               u.cached_input, u.cache_write, u.cache_write_1h)
         if cost is not None:
             if cost > 0:
                 m.token_cost.child(provider, model).inc(cost)
-            return cost
+            return cost, source
         # never a silent $0: tokens without a price, or a call the provider may bill that
         # reported neither usage nor a fee (one that succeeded, one stopped or cancelled
         # once sent, one that failed after the answer had begun); a call that failed
@@ -269,7 +307,7 @@ class ProviderCall(TracedObserver):
         if seen:
             reason = "no_price"
         elif u.api_cost_usd:
-            return None
+            return None, None
         elif status == "ok":
             reason = "no_usage"
         elif status == "cancelled":
@@ -277,7 +315,7 @@ class ProviderCall(TracedObserver):
         elif self.first_at:
             reason = "error"
         else:
-            return None
+            return None, None
         series = self.series
         if reason == "no_price":
             if series.unpriced is None:
@@ -286,7 +324,7 @@ class ProviderCall(TracedObserver):
             series.unpriced.inc()
         else:
             m.unpriced.child(provider, model, reason).inc()
-        return None
+        return None, None
 
     def _warn_unpriced(self) -> None:
         """Once per (provider, model), however many decorated functions use it."""
@@ -303,7 +341,7 @@ class ProviderCall(TracedObserver):
                                             "trace_id": self.trace.trace_id})
 
     def _log(self, status: str, exc: BaseException | None, latency: float, ttft: float | None,
-             cost: float | None, result: Any) -> None:
+             cost: float | None, source: str | None, result: Any) -> None:
         u = self.usage
         fields: dict[str, Any] = {
             "event": "provider_call", "provider": self.provider, "model": self.model,
@@ -313,8 +351,8 @@ class ProviderCall(TracedObserver):
             "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
             "input_tokens": u.input, "output_tokens": u.output,
             "cached_input_tokens": u.cached_input, "cache_write_tokens": u.cache_write,
-            "reasoning_tokens": u.reasoning,
-            "cost_usd": round(cost, 8) if cost is not None else None,
+            "reasoning_tokens": u.reasoning, "retries": u.retries,
+            "cost_usd": round(cost, 8) if cost is not None else None, "price_source": source,
             "trace_id": self.trace.trace_id, "span_id": self.trace.span_id,
         }
         if exc is not None and status == "error":

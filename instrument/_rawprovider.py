@@ -65,7 +65,8 @@ def usage_from_response(data: bytes) -> Found | None:
                 continue
             if found is not None:
                 merged = [new or old for new, old in zip(found, merged or found, strict=True)]
-    return None if merged is None else (merged[0], merged[1], merged[2], merged[3], merged[4])
+    return None if merged is None else (merged[0], merged[1], merged[2], merged[3], merged[4],
+                                        merged[5])
 
 
 class RawProviderCall:

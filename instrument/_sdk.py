@@ -8,7 +8,8 @@ SDK's own object (its attributes, helpers and type stay the SDK's) whose items
 pass through the engine's ``SyncStream``/``AsyncStream``, so it is finalised
 exactly once on every exit path. The trace headers go out with the request as
 the SDK's ``extra_headers``, so they reach the provider whatever HTTP client
-the SDK uses.
+the SDK uses. Its HTTP attempts and rate-limit headers are read by hooks on the
+SDK client's own ``httpx``/``httpx2`` client (``_attempts``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from instrument import _metrics
+from instrument._attempts import hook_http_client
 from instrument._context import trace_context
 from instrument._engine import (
     CLOSED,
@@ -203,7 +205,7 @@ class NestedCall(Observer):
         if (u.input or u.output) and not self.outer.closed:
             # added, like record_usage: an agent's several SDK calls add up in its one call
             self.outer.record(u.input, u.output, u.cached_input, None, 0.0, u.cache_write,
-                              u.reasoning)
+                              u.reasoning, u.cache_write_1h)
 
 
 class Target:
@@ -248,37 +250,60 @@ class Target:
         return None
 
 
+def observe_http(client: Any) -> None:
+    """Count the attempts and read the rate-limit headers of ``client``'s observed calls,
+    through hooks on the HTTP client the SDK sends them with (``client._client``)."""
+    http = getattr(client, "_client", None)
+    if http is None or not hasattr(http, "event_hooks"):
+        return
+    try:
+        hook_http_client(http)
+    except Exception as err:  # an HTTP client of another shape: no retries, no headroom
+        _metrics.report_internal_error("sdk_http_hooks", err)
+
+
+#: (SDK class, method name) -> the class's own function, for the methods observed for the
+#: whole process (``observe_class``); ``restore_classes`` puts them back
+_patched: dict[tuple[type, str], Any] = {}
+
+
+def _class_observed(resource: Any, name: str) -> bool:
+    return any((klass, name) in _patched for klass in type(resource).__mro__)
+
+
 def _claim(resource: Any, name: str) -> Any:
-    """The method to wrap, or None when this resource's method is observed already."""
+    """The method to wrap, or None when this resource's method is observed already (on this
+    object, or by its class for the whole process: never twice)."""
     done: set[str] = resource.__dict__.setdefault(_MARK, set())
-    if name in done:
+    if name in done or _class_observed(resource, name):
         return None
     done.add(name)
     return getattr(resource, name)
 
 
+def _hook_resource(resource: Any) -> None:
+    """A class-observed call: its SDK client's HTTP hooks, added on its first call."""
+    observe_http(getattr(resource, "_client", None))
+
+
+def _method_wrapper(method: Any, operation: str, target: Target, per_class: bool) -> Any:
+    def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Observer:
+        if per_class:
+            _hook_resource(instance)
+        return target.start(operation, kwargs)
+
+    return instrument_callable(method, start, result_stream=target.stream_of)
+
+
 def observe_method(resource: Any, name: str, operation: str, target: Target) -> None:
     """Observe ``resource.<name>`` (``create``) as a provider call, on this object only."""
     method = _claim(resource, name)
-    if method is None:
-        return
-
-    def start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Observer:
-        return target.start(operation, kwargs)
-
-    setattr(resource, name, instrument_callable(method, start, result_stream=target.stream_of))
+    if method is not None:
+        setattr(resource, name, _method_wrapper(method, operation, target, False))
 
 
-def observe_stream_helper(resource: Any, operation: str, target: Target | None,
-                          asynchronous: bool) -> None:
-    """Observe ``resource.stream(...)``, whose manager opens a helper stream.
-
-    Without ``target`` the helper's request goes through an observed ``create``, and
-    only its closing is taken care of here.
-    """
-    method = _claim(resource, "stream")
-    if method is None:
-        return
+def _stream_wrapper(method: Any, operation: str, target: Target | None, asynchronous: bool,
+                    per_class: bool) -> Any:
     manager_type: Callable[[Any, Observer | None], Any] = (
         AsyncManager if asynchronous else SyncManager)
 
@@ -287,6 +312,8 @@ def observe_stream_helper(resource: Any, operation: str, target: Target | None,
         call = None
         if target is not None:
             try:
+                if per_class and args:
+                    _hook_resource(args[0])  # the resource, as the method is the class's
                 call = target.start(operation, kwargs)
             except Exception as err:  # our bookkeeping failed: the call runs unobserved
                 _metrics.report_internal_error("observer_start", err)
@@ -303,4 +330,41 @@ def observe_stream_helper(resource: Any, operation: str, target: Target | None,
                 call.leave(state)
         return manager_type(manager, call)
 
-    resource.stream = stream
+    return stream
+
+
+def observe_stream_helper(resource: Any, operation: str, target: Target | None,
+                          asynchronous: bool) -> None:
+    """Observe ``resource.stream(...)``, whose manager opens a helper stream.
+
+    Without ``target`` the helper's request goes through an observed ``create``, and
+    only its closing is taken care of here.
+    """
+    method = _claim(resource, "stream")
+    if method is not None:
+        resource.stream = _stream_wrapper(method, operation, target, asynchronous, False)
+
+
+def observe_class(cls: type, name: str, operation: str, target: Target | None,
+                  asynchronous: bool = False) -> None:
+    """Observe ``cls.<name>`` (``create``, or ``stream`` for a helper) for every instance, in
+    the whole process; once, however often asked. ``target`` None: as for
+    ``observe_stream_helper``."""
+    if (cls, name) in _patched:
+        return
+    original = cls.__dict__[name]
+    if name == "stream":
+        wrapper = _stream_wrapper(original, operation, target, asynchronous, True)
+    else:
+        assert target is not None
+        wrapper = _method_wrapper(original, operation, target, True)
+    _patched[(cls, name)] = original
+    setattr(cls, name, wrapper)
+
+
+def restore_classes(classes: tuple[type, ...]) -> None:
+    """Undo ``observe_class`` for these classes (clients instrumented one by one stay so)."""
+    for (cls, name), original in list(_patched.items()):
+        if cls in classes:
+            setattr(cls, name, original)
+            del _patched[(cls, name)]

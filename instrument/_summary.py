@@ -110,6 +110,18 @@ def _ratio(part: float, whole: float) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+def _headroom(ix: _Index) -> dict[tuple[str, ...], dict[str, dict[str, float | None]]]:
+    """Per (provider, model): ``{kind: {"remaining": ..., "limit": ...}}``, the latest
+    rate-limit headers (a kind with only one of the two has None for the other)."""
+    out: dict[tuple[str, ...], dict[str, dict[str, float | None]]] = defaultdict(dict)
+    for which in ("remaining", "limit"):
+        for labels, found in ix.gauges.get(f"provider_ratelimit_{which}", {}).items():
+            d = dict(labels)
+            kinds = out[(d.get("provider", ""), d.get("model", ""))]
+            kinds.setdefault(d.get("kind", ""), {"remaining": None, "limit": None})[which] = found
+    return out
+
+
 def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]:
     """The summary document served at ``/metrics/summary``."""
     ix = _Index(families, namespace)
@@ -138,6 +150,8 @@ def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]
     unpriced_why = ix.counter_by("provider_unpriced_requests_total",
                                  ("provider", "model", "reason"))
     api_cost = ix.counter_by("api_cost_usd_total", ("provider",))
+    retries = ix.counter_by("provider_retries_total", ("provider", "model"))
+    headroom = _headroom(ix)
     for key in sorted(set(calls) | set(latency)):
         lat = latency[key].digest() if key in latency else {}
         first = ttft[key].digest() if key in ttft else {}
@@ -148,8 +162,10 @@ def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]
             "p50_ms": lat.get("p50_ms"), "p95_ms": lat.get("p95_ms"),
             "ttft_p50_ms": first.get("p50_ms"), "ttft_p95_ms": first.get("p95_ms"),
             "tpot_p50_ms": per_token.get("p50_ms"), "tpot_p95_ms": per_token.get("p95_ms"),
+            "retries": int(retries.get(key, 0)),
+            "ratelimit": headroom.get(key, {}),
             "tokens": {t: int(tokens.get((*key, t), 0))
-                       for t in ("input", "output", "cached_input")},
+                       for t in ("input", "output", "cached_input", "cache_write", "reasoning")},
             "cost_usd": round(cost.get(key, 0.0), 6),
             "unpriced_requests": int(unpriced.get(key, 0)),
             "unpriced_by_reason": {k[2]: int(v) for k, v in sorted(unpriced_why.items())
@@ -196,6 +212,9 @@ def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]
                      "error_rate": _ratio(sum(errors.values()), request_total),
                      "routes": routes},
         "providers": providers,
+        "fallbacks": [{"provider": k[0], "to_provider": k[1], "calls": int(v)} for k, v in
+                      sorted(ix.counter_by("provider_fallbacks_total",
+                                           ("provider", "to_provider")).items())],
         "cost_usd": {"tokens": round(sum(cost.values()), 6),
                      "api": {k[0]: round(v, 6) for k, v in api_cost.items()}},
         "caches": caches,

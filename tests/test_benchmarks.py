@@ -35,6 +35,14 @@ def test_benchmarks_run_and_report_every_figure() -> None:
     assert {"loguru_floor_us", "stdlib_json_us", "structlog_orjson_us"} <= set(log)
     for encoder in ("stdlib", "orjson"):
         assert {f"ours_{e}_{encoder}_ratio" for e in events} <= set(log)
+    sdk = results["sdk"]
+    for kind in ("call", "stream"):
+        assert {"bare_us", "instrument_openai_added_us", "track_provider_added_us"} <= set(
+            sdk[kind])
+        assert all(isinstance(v, float) for v in sdk[kind].values())
+    assert sdk["our_calls"] > 0
+    if not sdk["otel"].startswith("not installed"):  # the dev extra installs it
+        assert "otel_added_us" in sdk["call"] and sdk["otel_spans"] > 0
     assert out.stderr == ""  # nothing logged before opt-in: loguru's default handler is on
 
 

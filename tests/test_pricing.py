@@ -393,7 +393,8 @@ def test_shipped_file_is_dated_and_every_entry_is_valid() -> None:
     for key, entry in models.items():
         assert key == key.lower() and key.count("/") == 1, key
         # explicit everywhere, so a reader never has to guess whether a discount exists
-        assert set(entry) - {"cache_write"} == {"input", "cached_input", "output"}, key
+        assert set(entry) - {"cache_write", "cache_write_1h"} == {"input", "cached_input",
+                                                                "output"}, key
         # Anthropic's cache writes have their own (5-minute) rate: at most 1.25x input
         if key.startswith("anthropic/"):
             assert entry["input"] < entry["cache_write"] <= 1.25 * entry["input"], key

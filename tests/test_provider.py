@@ -1131,3 +1131,24 @@ def test_a_call_with_only_a_known_fee_is_not_unpriced(registry: CollectorRegistr
     search()
     assert unpriced(registry, provider="search",
                  model="web") == 0
+
+
+def test_usage_is_read_from_pydantic_fields_extras_and_properties() -> None:
+    """The fast path for the SDKs' pydantic objects still finds usage wherever it is."""
+    import pydantic
+
+    from instrument._provider import read_usage
+
+    class Chunk(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="allow")
+        id: str = "c"
+
+    class WithProperty(pydantic.BaseModel):
+        @property
+        def usage(self) -> dict[str, int]:
+            return {"prompt_tokens": 3, "completion_tokens": 1}
+
+    assert read_usage(Chunk()) is None
+    assert read_usage(Chunk(usage={"prompt_tokens": 5, "completion_tokens": 2})) == (
+        5, 2, 0, 0, 0, 0)
+    assert read_usage(WithProperty()) == (3, 1, 0, 0, 0, 0)

@@ -81,6 +81,11 @@ def populated(registry: CollectorRegistry) -> _metrics.Metrics:
     m.token_cost.child("openai", "gpt-4o").inc(0.0123)
     m.unpriced.child("openai", "gpt-4o", "no_price").inc(0)
     m.api_cost.child("serpapi").inc(0.01)
+    m.families["provider_retries_total"].child("openai", "gpt-4o").inc(2)
+    m.families["provider_ratelimit_remaining"].child("openai", "gpt-4o", "requests").set(9)
+    m.families["provider_ratelimit_limit"].child("openai", "gpt-4o", "requests").set(10)
+    m.families["provider_ratelimit_remaining"].child("openai", "gpt-4o", "tokens").set(500)
+    m.families["provider_fallbacks_total"].child("openai", "anthropic").inc(3)
     # cache: 3 hits, 1 miss
     m.cache_hits.child("redis").inc(3)
     m.cache_misses.child("redis").inc(1)
@@ -125,9 +130,14 @@ def test_summary_digests_providers_tokens_and_cost(populated: _metrics.Metrics,
         "ttft_p95_ms": pytest.approx(19.5, abs=1e-3),
         "tpot_p50_ms": pytest.approx(37.5, abs=1e-3),  # rank .5 in (0.025, 0.05]
         "tpot_p95_ms": pytest.approx(48.75, abs=1e-3),
-        "tokens": {"input": 1200, "output": 300, "cached_input": 200},
+        "retries": 2,
+        "ratelimit": {"requests": {"remaining": 9, "limit": 10},
+                      "tokens": {"remaining": 500, "limit": None}},
+        "tokens": {"input": 1200, "output": 300, "cached_input": 200, "cache_write": 0,
+                   "reasoning": 0},
         "cost_usd": 0.0123, "unpriced_requests": 0, "unpriced_by_reason": {},
     }
+    assert doc["fallbacks"] == [{"provider": "openai", "to_provider": "anthropic", "calls": 3}]
     assert doc["cost_usd"] == {"tokens": 0.0123, "api": {"serpapi": 0.01}}
 
 
@@ -153,6 +163,7 @@ def test_summary_of_an_empty_registry_has_no_rates(registry: CollectorRegistry) 
     doc = summarize(registry.collect())
     assert doc["requests"] == {"total": 0, "error_rate": None, "routes": []}
     assert doc["providers"] == doc["caches"] == doc["sse"] == doc["spans"] == []
+    assert doc["fallbacks"] == []
     assert doc["traces"] == 0
 
 

@@ -1,29 +1,33 @@
-"""Two LLM providers behind ``@track_provider``, tried in order: fallback on an early failure.
+"""Two LLM providers through the real ``openai`` SDK, tried in order: fallback on an early
+failure.
 
-Each provider talks OpenAI's chat-completions protocol through an
-``httpx.AsyncClient`` instrumented by ``instrument_client``, so every request
-carries the caller's ``X-Trace-ID``/``traceparent``. By default both are the
-local fake LLM ("primary"/fast-1 and "backup"/steady-1). With ``OPENAI_API_KEY``
-set, the primary is the real OpenAI API instead (model ``OPENAI_MODEL``,
-default gpt-4o-mini; base URL ``OPENAI_BASE_URL``), with the same code.
+Each provider is an ``openai.AsyncOpenAI`` client instrumented by
+``instrument_openai`` (its calls are provider calls: tokens, cost, time to first
+token, the SDK's own retries, rate-limit headroom) over an ``httpx.AsyncClient``
+instrumented by ``instrument_client`` (client metrics; the SDK integration sends
+the caller's ``X-Trace-ID``/``traceparent``). By default both are the local fake
+LLM ("primary"/fast-1 and "backup"/steady-1). With ``OPENAI_API_KEY`` set, the
+primary is the real OpenAI API instead (model ``OPENAI_MODEL``, default
+gpt-4o-mini; base URL ``OPENAI_BASE_URL``), with the same code.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
 import httpx
+import openai
 from loguru import logger
 
-from instrument import load_prices, track_provider
+from instrument import load_prices, mark_fallback
 from instrument.adapters.httpx import instrument_client
+from instrument.adapters.openai import instrument_openai
 
-# USD per million tokens. The fake models are not in the shipped table, so the
-# demo registers them; openai/gpt-4o-mini is priced by the shipped table.
+# USD per million tokens. The fake models are not in any price table, so the
+# demo registers them; openai/gpt-4o-mini is priced by the installed tables.
 load_prices({
     "primary/fast-1": {"input": 0.40, "cached_input": 0.10, "output": 1.60},
     "backup/steady-1": {"input": 3.00, "cached_input": 1.50, "output": 12.00},
@@ -31,76 +35,48 @@ load_prices({
 
 Message = dict[str, str]
 
-
-class ProviderError(Exception):
-    """The provider answered with an error status."""
-
-
-class RateLimited(ProviderError):
-    """HTTP 429: slow down, or try another provider."""
-
-
-# What makes the gateway try the next provider: an error status, or the network
-# (connection refused, read timeout, ...). Anything else is a bug and propagates.
-UPSTREAM_ERRORS = (ProviderError, httpx.TransportError)
+# What makes the gateway try the next provider: the SDK's errors (an error status once
+# its own retries are spent, the network, a timeout). Anything else is a bug and propagates.
+UPSTREAM_ERRORS = (openai.APIError,)
 
 
 class Provider:
-    """One provider and model, spoken to over OpenAI's chat-completions protocol."""
+    """One provider and model, spoken to with the OpenAI SDK."""
 
     def __init__(self, name: str, model: str, base_url: str, *, api_key: str | None = None,
                  timeout: float = 2.5) -> None:
         self.name = name
         self.model = model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # read= bounds the wait for headers and between chunks: a stuck upstream
-        # becomes a ReadTimeout, and the next provider gets the question.
-        self.client = instrument_client(httpx.AsyncClient(
-            base_url=base_url, headers=headers, timeout=httpx.Timeout(10.0, read=timeout)))
-        # Decorated per instance: the provider's name is fixed when decorating.
-        self.stream: Callable[[list[Message]], AsyncGenerator[dict[str, Any], None]] = (
-            track_provider(name, model)(self._stream))
-        self.complete: Callable[[list[Message]], Any] = track_provider(name, model)(self._complete)
+        # becomes a timeout, and (after the SDK's one retry) the next provider gets it.
+        self.http = instrument_client(httpx.AsyncClient())
+        self.client = instrument_openai(openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "fake-key", max_retries=1,
+            timeout=openai.Timeout(10.0, read=timeout), http_client=self.http), provider=name)
 
-    async def _stream(self, messages: list[Message]) -> AsyncGenerator[dict[str, Any], None]:
-        """The raw chunks; ``@track_provider`` reads the usage from the final one."""
-        body = {"model": self.model, "messages": messages, "stream": True,
-                "stream_options": {"include_usage": True}}
-        async with self.client.stream("POST", "/chat/completions", json=body) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise _error(self.name, response)
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue  # blank separators, comments
-                data = line[len("data: "):]
-                if data == "[DONE]":
-                    return
-                yield json.loads(data)
+    async def stream(self, messages: list[Message]) -> AsyncGenerator[Any, None]:
+        """The SDK's chunks; the integration reads the usage from the final one."""
+        stream = await self.client.chat.completions.create(
+            model=self.model, messages=messages, stream=True,
+            stream_options={"include_usage": True})
+        async with stream:
+            async for chunk in stream:
+                yield chunk
 
-    async def _complete(self, messages: list[Message]) -> dict[str, Any]:
-        """The whole response; ``@track_provider`` reads its ``usage``."""
-        body = {"model": self.model, "messages": messages}
-        response = await self.client.post("/chat/completions", json=body)
-        if response.status_code >= 400:
-            raise _error(self.name, response)
-        result: dict[str, Any] = response.json()
-        return result
+    async def complete(self, messages: list[Message]) -> Any:
+        """The whole response (the SDK's ``ChatCompletion``)."""
+        return await self.client.chat.completions.create(
+            model=self.model, messages=messages)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
+        await self.http.aclose()
 
 
-def _error(name: str, response: httpx.Response) -> ProviderError:
-    kind = RateLimited if response.status_code == 429 else ProviderError
-    return kind(f"{name} answered HTTP {response.status_code}")
-
-
-def _text(chunk: dict[str, Any]) -> str:
-    choices = chunk.get("choices")
-    if not choices:  # the final usage chunk has none
+def _text(chunk: Any) -> str:
+    if not chunk.choices:  # the final usage chunk has none
         return ""
-    return (choices[0].get("delta") or {}).get("content") or ""
+    return chunk.choices[0].delta.content or ""
 
 
 class LLM:
@@ -128,30 +104,35 @@ class LLM:
             except UPSTREAM_ERRORS as exc:
                 if started or provider is self.providers[-1]:
                     raise
-                _log_fallback(provider, exc)
+                _fallback(provider, self._after(provider), exc)
 
     async def complete(self, messages: list[Message]) -> tuple[str, str]:
         """``(provider name, whole answer)``."""
         for provider in self.providers:
             try:
                 reply = await provider.complete(messages)
-                return provider.name, reply["choices"][0]["message"]["content"]
+                return provider.name, reply.choices[0].message.content or ""
             except UPSTREAM_ERRORS as exc:
                 if provider is self.providers[-1]:
                     raise
-                _log_fallback(provider, exc)
+                _fallback(provider, self._after(provider), exc)
         raise RuntimeError("no providers configured")
+
+    def _after(self, provider: Provider) -> Provider:
+        return self.providers[self.providers.index(provider) + 1]
 
     async def aclose(self) -> None:
         for provider in self.providers:
             await provider.aclose()
 
 
-def _log_fallback(provider: Provider, exc: BaseException) -> None:
-    logger.bind(event="provider_fallback", provider=provider.name,
+def _fallback(provider: Provider, to: Provider, exc: BaseException) -> None:
+    """Counted in provider_fallbacks_total, and said in the gateway's own log."""
+    mark_fallback(provider.name, to.name)
+    logger.bind(event="gateway_fallback", provider=provider.name, to_provider=to.name,
                 error_type=type(exc).__name__).warning(
-        "{provider} failed ({error}), trying the next provider",
-        provider=provider.name, error=type(exc).__name__)
+        "{provider} failed ({error}), trying {to}",
+        provider=provider.name, error=type(exc).__name__, to=to.name)
 
 
 def from_env(fake_llm_url: str) -> LLM:

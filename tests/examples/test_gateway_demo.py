@@ -79,12 +79,18 @@ def _check_summary(summary: dict[str, Any]) -> None:
         assert p["requests"] > 0
         assert p["p50_ms"] > 0 and p["p95_ms"] >= p["p50_ms"]
         assert p["ttft_p50_ms"] > 0 and p["ttft_p95_ms"] >= p["ttft_p50_ms"]
-        assert min(p["tokens"].values()) > 0  # input, output and cached input
+        assert min(p["tokens"][t] for t in ("input", "output", "cached_input")) > 0
         assert p["cost_usd"] > 0
         # every model is priced and reports usage: only streams the gateway gave up on
         # (a client gone, a fallback) and calls failing half-way are of unknown cost
         assert set(p["unpriced_by_reason"]) <= {"cancelled", "error"}
     assert summary["cost_usd"]["tokens"] > 0
+    # the SDK retries by itself (max_retries=1), then the gateway falls back to the backup
+    assert providers["primary"]["retries"] > 0
+    assert [(f["provider"], f["to_provider"]) for f in summary["fallbacks"]] == [
+        ("primary", "backup")]
+    assert summary["fallbacks"][0]["calls"] > 0
+    assert providers["primary"]["ratelimit"] == {}  # the demo's fake sends no such headers
     (cache,) = summary["caches"]
     assert cache["cache"] == "answers" and cache["hits"] > 0 and cache["hit_ratio"] > 0
     (sse,) = summary["sse"]

@@ -14,11 +14,13 @@ their ``base_url`` at it. It answers:
   ``message_start`` / ``content_block_start`` / ``ping`` / ``content_block_delta`` /
   ``content_block_stop`` / ``message_delta`` (usage) / ``message_stop``.
 
-Usage figures, errors (429/500 with each provider's error body, or an error
-event half-way through a stream) and a stream that stops sending after a few
-chunks are set per test on the ``FakeLLM`` object. Every request is recorded
+Usage figures, errors (429/500 with each provider's error body and a
+``retry-after-ms: 1`` the SDKs' retries obey, or an error event half-way through
+a stream), a stream that stops sending after a few chunks and extra response
+headers are set per test on the ``FakeLLM`` object. Every request is recorded
 with its headers and JSON body; every response carries the provider's
-rate-limit headers.
+rate-limit headers (``x-ratelimit-*``, ``anthropic-ratelimit-*``; a 429 says no
+requests remain).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Usage:
     cached: int = 1000
     reasoning: int = 0
     cache_write: int = 0
+    #: Anthropic: how many of the cache writes are 1-hour ones (the rest are 5-minute)
+    cache_write_1h: int = 0
 
 
 @dataclass
@@ -100,6 +104,8 @@ class FakeLLM:
     release: threading.Event = field(default_factory=threading.Event)
     #: set when the client went away from a hanging stream
     disconnected: threading.Event = field(default_factory=threading.Event)
+    #: added to (or replacing) every response's headers, e.g. malformed rate-limit values
+    extra_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def openai_url(self) -> str:
@@ -217,12 +223,13 @@ class FakeLLM:
             "usage": {"prompt_tokens": self.usage.input, "total_tokens": self.usage.input}},
             headers=self._openai_headers())
 
-    @staticmethod
-    def _openai_headers() -> dict[str, str]:
+    def _openai_headers(self, refused: bool = False) -> dict[str, str]:
         return {"x-request-id": "req_fake", "openai-processing-ms": "12",
-                "x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "9999",
+                "x-ratelimit-limit-requests": "10000",
+                "x-ratelimit-remaining-requests": "0" if refused else "9999",
                 "x-ratelimit-limit-tokens": "2000000", "x-ratelimit-remaining-tokens": "1998800",
-                "x-ratelimit-reset-requests": "6ms", "x-ratelimit-reset-tokens": "36ms"}
+                "x-ratelimit-reset-requests": "6ms", "x-ratelimit-reset-tokens": "36ms",
+                **self.extra_headers}
 
     # --- Anthropic ------------------------------------------------------------------
 
@@ -230,8 +237,8 @@ class FakeLLM:
         u = self.usage
         return {"input_tokens": u.input, "output_tokens": output,
                 "cache_read_input_tokens": u.cached, "cache_creation_input_tokens": u.cache_write,
-                "cache_creation": {"ephemeral_5m_input_tokens": u.cache_write,
-                                   "ephemeral_1h_input_tokens": 0},
+                "cache_creation": {"ephemeral_5m_input_tokens": u.cache_write - u.cache_write_1h,
+                                   "ephemeral_1h_input_tokens": u.cache_write_1h},
                 "service_tier": "standard"}
 
     async def messages(self, request: Request) -> Response:
@@ -268,15 +275,19 @@ class FakeLLM:
 
         return self._stream(events(), self._anthropic_headers())
 
-    @staticmethod
-    def _anthropic_headers() -> dict[str, str]:
+    def _anthropic_headers(self, refused: bool = False) -> dict[str, str]:
         return {"request-id": "req_fake",
                 "anthropic-ratelimit-requests-limit": "4000",
-                "anthropic-ratelimit-requests-remaining": "3999",
+                "anthropic-ratelimit-requests-remaining": "0" if refused else "3999",
                 "anthropic-ratelimit-requests-reset": "2026-01-01T00:00:01Z",
                 "anthropic-ratelimit-tokens-limit": "400000",
                 "anthropic-ratelimit-tokens-remaining": "398800",
-                "anthropic-ratelimit-tokens-reset": "2026-01-01T00:00:01Z"}
+                "anthropic-ratelimit-tokens-reset": "2026-01-01T00:00:01Z",
+                "anthropic-ratelimit-input-tokens-limit": "300000",
+                "anthropic-ratelimit-input-tokens-remaining": "297300",
+                "anthropic-ratelimit-output-tokens-limit": "100000",
+                "anthropic-ratelimit-output-tokens-remaining": "99920",
+                **self.extra_headers}
 
     # --- shared -----------------------------------------------------------------------
 
@@ -288,12 +299,14 @@ class FakeLLM:
         if not self.fail_next:
             return body, None
         status = self.fail_next.pop(0)
+        # the SDKs' retries wait what the server says: a millisecond keeps retry tests fast
+        retry = {"retry-after": "0", "retry-after-ms": "1"}
         if provider == "openai":
             return body, JSONResponse({"error": OPENAI_ERRORS[status]}, status_code=status,
-                                      headers={**self._openai_headers(), "retry-after": "0"})
+                                      headers={**self._openai_headers(status == 429), **retry})
         return body, JSONResponse({"type": "error", "error": ANTHROPIC_ERRORS[status],
                                    "request_id": "req_fake"}, status_code=status,
-                                  headers={**self._anthropic_headers(), "retry-after": "0"})
+                                  headers={**self._anthropic_headers(status == 429), **retry})
 
     async def _interrupt(self, n: int, provider: str) -> bool:
         """Before content chunk ``n``: hang, or ask the caller to send an error event."""
