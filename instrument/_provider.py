@@ -379,18 +379,24 @@ def error_type(exc: BaseException) -> str:
 
 
 def record_usage(input_tokens: int = 0, output_tokens: int = 0, cached_input_tokens: int = 0,
-                 cost_usd: float | None = None, api_cost_usd: float = 0.0) -> bool:
+                 cost_usd: float | None = None, api_cost_usd: float = 0.0, *,
+                 cache_write_tokens: int = 0, reasoning_tokens: int = 0) -> bool:
     """Attribute usage to the current ``@track_provider`` call.
 
-    ``input_tokens`` includes ``cached_input_tokens`` (priced at the cached
-    rate, never twice). ``cost_usd`` overrides the price table;
+    ``input_tokens`` includes ``cached_input_tokens`` and ``cache_write_tokens``
+    (each priced at its own rate, never twice); ``output_tokens`` includes
+    ``reasoning_tokens``. ``cost_usd`` overrides the price table;
     ``api_cost_usd`` is a flat per-request fee. Returns False (and records
     nothing) outside a provider call. Several calls add up.
     """
     # checked before looking for the call, so a mistake shows up wherever it is made
-    values = (input_tokens, output_tokens, cached_input_tokens)
+    values = (input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
+              reasoning_tokens)
     if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
         raise ValueError(f"token counts must be non-negative integers, got {values!r}")
+    if cached_input_tokens + cache_write_tokens > input_tokens or reasoning_tokens > output_tokens:
+        raise ValueError("cached_input_tokens and cache_write_tokens are parts of input_tokens, "
+                         f"reasoning_tokens a part of output_tokens: got {values!r}")
     for fee in (cost_usd, api_cost_usd):
         if fee is not None and (not isinstance(fee, (int, float)) or isinstance(fee, bool)
                                 or not 0 <= fee < float("inf")):
@@ -399,7 +405,8 @@ def record_usage(input_tokens: int = 0, output_tokens: int = 0, cached_input_tok
     usage = ctx.usage if ctx is not None else None
     if usage is None or usage.closed:
         return False
-    usage.record(input_tokens, output_tokens, cached_input_tokens, cost_usd, api_cost_usd)
+    usage.record(input_tokens, output_tokens, cached_input_tokens, cost_usd, api_cost_usd,
+                 cache_write_tokens, reasoning_tokens)
     return True
 
 

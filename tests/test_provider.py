@@ -748,6 +748,31 @@ def test_record_usage_calls_add_up(registry: CollectorRegistry) -> None:
     assert value(registry, "api_cost_usd_total", provider="openai") == pytest.approx(0.03)
 
 
+def test_record_usage_takes_cache_writes_and_reasoning_as_parts_of_input_and_output(
+        registry: CollectorRegistry) -> None:
+    @track_provider("anthropic", "claude-3-5-haiku")
+    def agent() -> None:
+        record_usage(input_tokens=1000, output_tokens=300, cached_input_tokens=200,
+                     cache_write_tokens=500, reasoning_tokens=100)
+
+    agent()
+    samples = {s.labels["type"]: s.value for f in registry.collect() for s in f.samples
+               if s.name == "provider_tokens_total"}
+    assert samples == {"input": 1000, "output": 300, "cached_input": 200, "cache_write": 500,
+                       "reasoning": 100}
+    # (300 * 0.8 + 200 * 0.08 + 500 * 1.0 + 300 * 4.0) / 1e6: reasoning is inside output
+    assert cost(registry, "anthropic", "claude-3-5-haiku") == pytest.approx(0.001956)
+
+
+@pytest.mark.parametrize("usage", [{"input_tokens": 10, "cached_input_tokens": 6,
+                                    "cache_write_tokens": 5},
+                                   {"output_tokens": 10, "reasoning_tokens": 11},
+                                   {"cache_write_tokens": -1}])
+def test_record_usage_refuses_parts_larger_than_their_whole(usage: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=r"token counts|parts of input_tokens"):
+        record_usage(**usage)
+
+
 def test_record_usage_outside_a_call_records_nothing(registry: CollectorRegistry) -> None:
     assert record_usage(input_tokens=5, output_tokens=5) is False
 
