@@ -51,6 +51,12 @@ def test_a_metric_the_toolkit_does_not_emit_is_refused_with_the_usable_ones() ->
     assert "http_requests_total" in message and "provider_time_to_first_token_seconds" in message
 
 
+def test_an_objective_without_a_metric_is_told_to_name_one() -> None:
+    entry = {k: v for k, v in CHAT.items() if k != "metric"}
+    message = refused({"slos": [entry]})
+    assert "slo 'chat': no metric: add `metric:` naming one of http_requests_total" in message
+
+
 def test_a_catalog_metric_without_a_good_bad_split_is_refused() -> None:
     assert "cache_hits_total has no good/bad split" in refused(slo(metric="cache_hits_total"))
 

@@ -146,6 +146,8 @@ def _metric(raw: Mapping[str, Any], where: str) -> MetricSpec:
     name = raw.get("metric")
     usable = ", ".join((*RATIO_METRICS, "or any histogram: " + ", ".join(
         spec.name for spec in BY_NAME.values() if spec.kind == "histogram")))
+    if name is None:
+        raise SpecError(f"{where}: no metric: add `metric:` naming one of {usable}")
     spec = BY_NAME.get(name) if isinstance(name, str) else None
     if spec is None:
         raise SpecError(f"{where}: metric {name!r} is not one the toolkit emits "
