@@ -1,7 +1,9 @@
 """End to end: real traffic through the toolkit, a real Prometheus, every dashboard panel.
 
-A FastAPI app instrumented with the Starlette adapter and the decorators
-(:mod:`traffic_app`) serves real requests on loopback while Prometheus scrapes
+A FastAPI app instrumented with the Starlette adapter, the decorators and the
+OpenAI and Anthropic SDK integrations (:mod:`traffic_app`; the real SDKs talk to
+the fake provider of :mod:`tests.fakes.llm_server`, which answers some calls
+with a 429 or 500 first) serves real requests on loopback while Prometheus scrapes
 its ``/metrics`` every second with both rule files loaded and exemplar storage
 on. Then every panel query of the dashboard, with the template variables
 filled in twice (Grafana's "All", and every label value Prometheus really has
@@ -29,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from traffic_app import MODELS, W3C_TRACE_ID, Traffic, create_app, serve
 
 import instrument
+from tests.fakes.llm_server import serve_fake_llm
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -43,7 +46,7 @@ OVERFLOW_MODELS = 20
 EXPECTED_VALUES = {
     "provider": set(MODELS),
     "model": set(MODELS.values()) | {"other"},
-    "route": {"/chat", "/search", "/ticker", "/items/{item_id}", "/upstream", "/boom",
+    "route": {"/chat", "/ask", "/search", "/ticker", "/items/{item_id}", "/upstream", "/boom",
               "__unmatched__"},
     "endpoint": {"/search", "/ticker"},
 }
@@ -54,12 +57,6 @@ EXPECTED_VALUES = {
 #: (ProviderTimeToFirstTokenRegression) is checked for healthy evaluation only, like
 #: every alert whose `for:` is longer than the test.
 NO_DATA_EXPECTED: dict[str, str] = {}
-#: Catalog families that the toolkit's code does not emit yet: the SDK integration work
-#: (issue 13) adds them, and the dashboard charts them already. Their panels are run for
-#: errors only (the catalog app's test gives them data), and this test fails once real
-#: traffic gives them data too, so that the entry goes when the emission lands.
-NOT_EMITTED_YET = frozenset({"provider_retries_total", "provider_fallbacks_total",
-                             "provider_ratelimit_remaining", "provider_ratelimit_limit"})
 #: The one alert that must fire: its `for:` is 0m and the traffic uses an unpriced model.
 FIRING = ("UnpricedModelSeen", "local")
 DEADLINE = 25.0  # seconds for everything to show data once Prometheus has scraped twice
@@ -214,8 +211,10 @@ def test_dashboard_and_rules_on_real_traffic(prometheus_bin: str,
     instrument.configure(registry=registry, max_label_values=MAX_LABEL_VALUES)
     failures: list[str] = []
     with ExitStack() as stack:
-        base_url = stack.enter_context(serve(create_app(), prom.free_port()))
-        traffic = stack.enter_context(Traffic(base_url, OVERFLOW_MODELS))
+        # The fake provider stops last, pass or fail: after the traffic and the app.
+        fake = stack.enter_context(serve_fake_llm())
+        base_url = stack.enter_context(serve(create_app(fake.url), prom.free_port()))
+        traffic = stack.enter_context(Traffic(base_url, OVERFLOW_MODELS, fake))
         traffic.wait_rounds(1, timeout=15)  # every series exists before the first scrape
         handle = stack.enter_context(prom.run_prometheus(
             [base_url.removeprefix("http://")], list(prom.RULE_FILES),
@@ -242,13 +241,7 @@ def test_dashboard_and_rules_on_real_traffic(prometheus_bin: str,
         assert len(all_queries) == len(value_queries) == len(legends()) >= 40
         panels = ([(f"{title} [All]", expr) for title, expr in all_queries]
                   + [(f"{title} [every value]", expr) for title, expr in value_queries])
-        not_yet = [(t, e) for t, e in panels if prom.metric_names(e) & NOT_EMITTED_YET]
-        panels = [check for check in panels if check not in not_yet]
         failures += poll(lambda: without_data(handle, "panel", panels), deadline)
-        for title, expr in not_yet:  # evaluated once the other panels had their data
-            if has_data(handle.query(expr)):  # raises on an evaluation error
-                failures.append(f"panel {title!r} has data now: remove its metrics from "
-                                f"NOT_EMITTED_YET: {expr}")
         failures += legend_labels_missing(
             handle, [(title, legend, expr)
                      for (title, expr), legend in zip(all_queries, legends(), strict=True)])
@@ -281,9 +274,14 @@ def test_dashboard_and_rules_on_real_traffic(prometheus_bin: str,
 
         # -- and the traffic went as planned -----------------------------------------------
         failures += [f"traffic: {error}" for error in traffic.errors]
-        if traffic.disconnects < 1 or traffic.streams_completed < 2:
+        if traffic.disconnects < 1 or traffic.streams_completed < 2 or traffic.fallbacks < 1:
             failures.append(f"traffic: {traffic.disconnects} disconnects, "
-                            f"{traffic.streams_completed} streams read to the end")
+                            f"{traffic.streams_completed} streams read to the end, "
+                            f"{traffic.fallbacks} fallbacks")
+        retried = [r for r in fake.received if r.headers.get("x-stainless-retry-count", "0")
+                   != "0"]
+        if len(retried) < 3 * traffic.rounds:  # three SDK retries a round
+            failures.append(f"traffic: {len(retried)} SDK retries in {traffic.rounds} rounds")
 
     # Prometheus is stopped and its data gone; uvicorn's thread has ended.
     assert handle._process.poll() is not None and not Path(workdir).exists()

@@ -12,6 +12,12 @@ on loopback, and every series comes from the toolkit handling real requests.
   wrapper's own ``heartbeat=`` on the other); ``/search`` also calls a
   flat-fee web-search API (``record_usage(api_cost_usd=...)``) and streams a
   provider's tokens as events.
+- ``POST /ask``: a gateway on the real ``openai`` and ``anthropic`` SDKs, each client
+  instrumented by ``instrument_openai``/``instrument_anthropic`` and pointed at the
+  fake provider (:mod:`tests.fakes.llm_server`): plain or streamed, the SDKs' own
+  retries of a 429 or 500 (``retry-after-ms: 1``, so they do not sleep), the
+  rate-limit headers of every answer, and, when the first provider fails past its
+  retries, the other one, with ``mark_fallback``.
 - ``GET /upstream``: outbound calls through an httpx client wrapped by
   ``instrument_client``, to this app's own ``/items/{item_id}``.
 - ``GET /items/{item_id}`` (200 or 404), ``GET /boom`` (an unhandled error, 500),
@@ -23,7 +29,9 @@ entry (``instrument_internal_errors_total``), and clients pick model names
 past ``max_label_values`` (``instrument_label_overflow_total``).
 
 :class:`Traffic` drives all of that from a background thread, over real
-sockets, and remembers the ``X-Trace-ID`` of every response it got.
+sockets, and remembers the ``X-Trace-ID`` of every response it got; it scripts the
+fake provider's failures (``FakeLLM.fail_next``) before the ``/ask`` calls that meet
+them.
 """
 
 from __future__ import annotations
@@ -36,15 +44,28 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+import anthropic
 import httpx
+import openai
 import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from instrument import HEARTBEAT, record_usage, trace_span, track_cache, track_provider, track_sse
+from instrument import (
+    HEARTBEAT,
+    mark_fallback,
+    record_usage,
+    trace_span,
+    track_cache,
+    track_provider,
+    track_sse,
+)
+from instrument.adapters.anthropic import instrument_anthropic
 from instrument.adapters.httpx import instrument_client
+from instrument.adapters.openai import instrument_openai
 from instrument.adapters.starlette import instrument_app
+from tests.fakes.llm_server import FakeLLM
 
 OPENAI_MODEL = "gpt-4o-mini"  # priced, reports cached prompt tokens
 ANTHROPIC_MODEL = "claude-3-5-haiku"  # priced, Anthropic-style stream events
@@ -55,6 +76,11 @@ MODELS = {"openai": OPENAI_MODEL, "anthropic": ANTHROPIC_MODEL, "local": LOCAL_M
 CACHE = "answers"
 SEARCH_FEE_USD = 0.004
 W3C_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+#: The providers ``/ask`` reaches through their real SDKs, in the gateway's default order.
+SDK_PROVIDERS = ("openai", "anthropic")
+#: What makes the gateway try the other provider: an SDK error once its own retries are
+#: spent (an error status, the network, a timeout).
+SDK_ERRORS = (openai.APIError, anthropic.APIError)
 
 # --------------------------------------------------------------------------- fake providers
 
@@ -154,6 +180,53 @@ def _text(chunk: dict[str, Any]) -> str:
     return ""
 
 
+# --------------------------------------------------------------------------- real SDKs
+
+
+class SDKs:
+    """The real ``openai`` and ``anthropic`` async clients, instrumented, on the fake
+    provider at ``llm_url``. One SDK retry each (``max_retries=1``): a single 429 or 500
+    is retried and answered, two in a row fail the call."""
+
+    def __init__(self, llm_url: str) -> None:
+        self.openai = instrument_openai(openai.AsyncOpenAI(
+            base_url=llm_url + "/v1", api_key="sk-fake", max_retries=1, timeout=10))
+        self.anthropic = instrument_anthropic(anthropic.AsyncAnthropic(
+            base_url=llm_url, api_key="sk-ant-fake", max_retries=1, timeout=10))
+
+    async def ask(self, provider: str, prompt: str, stream: bool) -> str:
+        if provider == "openai":
+            return await self._openai(prompt, stream)
+        return await self._anthropic(prompt, stream)
+
+    async def _openai(self, prompt: str, stream: bool) -> str:
+        if not stream:
+            reply = await self.openai.chat.completions.create(
+                model=OPENAI_MODEL, messages=[{"role": "user", "content": prompt}])
+            return reply.choices[0].message.content or ""
+        chunks = await self.openai.chat.completions.create(
+            model=OPENAI_MODEL, messages=[{"role": "user", "content": prompt}], stream=True,
+            stream_options={"include_usage": True})
+        async with chunks:
+            return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks
+                            if chunk.choices])
+
+    async def _anthropic(self, prompt: str, stream: bool) -> str:
+        if not stream:
+            reply = await self.anthropic.messages.create(
+                model=ANTHROPIC_MODEL, max_tokens=64,
+                messages=[{"role": "user", "content": prompt}])
+            return "".join(block.text for block in reply.content if block.type == "text")
+        async with self.anthropic.messages.stream(
+                model=ANTHROPIC_MODEL, max_tokens=64,
+                messages=[{"role": "user", "content": prompt}]) as events:
+            return "".join([text async for text in events.text_stream])
+
+    async def aclose(self) -> None:
+        await self.openai.close()
+        await self.anthropic.close()
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -189,6 +262,12 @@ class ChatRequest(BaseModel):
     tokens: int = 8
 
 
+class AskRequest(BaseModel):
+    prompt: str
+    provider: str = "openai"  # tried first; the other one of SDK_PROVIDERS is the fallback
+    stream: bool = False
+
+
 @track_sse("/search")
 async def search_events(query: str, tokens: int) -> AsyncIterator[Any]:
     """Heartbeat while searching, the sources, then the answer's tokens, then [DONE]."""
@@ -211,8 +290,9 @@ async def ticker_events(count: int) -> AsyncIterator[str]:
         yield f"event: tick\ndata: {i}\n\n"
 
 
-def create_app() -> FastAPI:
-    """The FastAPI app, instrumented (its ``/metrics`` serves the configured registry)."""
+def create_app(llm_url: str) -> FastAPI:
+    """The FastAPI app, instrumented (its ``/metrics`` serves the configured registry);
+    ``/ask`` reaches the fake provider at ``llm_url`` through the real SDKs."""
     cache = AnswerCache()
     items = {"1": {"id": "1", "name": "widget"}, "2": {"id": "2", "name": "gadget"}}
 
@@ -220,9 +300,11 @@ def create_app() -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = instrument_client(httpx.AsyncClient(timeout=10))
         app.state.http = client
+        app.state.sdks = sdks = SDKs(llm_url)
         try:
             yield
         finally:
+            await sdks.aclose()
             await client.aclose()
 
     app = FastAPI(lifespan=lifespan)
@@ -248,6 +330,25 @@ def create_app() -> FastAPI:
         answer = "".join(parts).strip()
         cache.put(key, answer)
         return {"answer": answer, "cached": False}
+
+    @app.post("/ask")
+    async def ask(body: AskRequest) -> dict[str, Any]:
+        """Gateway-style: the first provider, then, if it fails past its SDK's retries,
+        the other one (``mark_fallback``). Answers which one answered."""
+        if body.provider not in SDK_PROVIDERS:
+            raise HTTPException(400, f"unknown provider {body.provider!r}")
+        sdks: SDKs = app.state.sdks
+        order = [body.provider] + [p for p in SDK_PROVIDERS if p != body.provider]
+        for provider, after in zip(order, [*order[1:], None], strict=True):
+            try:
+                answer = await sdks.ask(provider, body.prompt, body.stream)
+            except SDK_ERRORS as exc:
+                if after is None:
+                    raise HTTPException(502, f"providers failed: {type(exc).__name__}") from exc
+                mark_fallback(provider, after)
+                continue
+            return {"answer": answer, "provider": provider}
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @app.get("/search")
     async def search(q: str, tokens: int = 10) -> StreamingResponse:
@@ -314,14 +415,16 @@ class Traffic:
     ``errors`` rather than raised in the thread.
     """
 
-    def __init__(self, base_url: str, overflow_models: int) -> None:
+    def __init__(self, base_url: str, overflow_models: int, fake: FakeLLM) -> None:
         self.base_url = base_url
         self.overflow_models = overflow_models
+        self.fake = fake  # the provider behind /ask: its failures are scripted per call
         self.trace_ids: set[str] = set()
         self.errors: list[str] = []
         self.rounds = 0
         self.disconnects = 0
         self.streams_completed = 0
+        self.fallbacks = 0  # /ask calls answered by the other provider
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="e2e-traffic", daemon=True)
         self._lock = threading.Lock()
@@ -369,6 +472,23 @@ class Traffic:
         response = client.post("/chat", json=body)
         self._seen(response, f"POST /chat {body}", status)
 
+    def _ask(self, client: httpx.Client, fail: list[int], answered_by: str | None = None,
+             **body: Any) -> None:
+        """POST /ask, the fake provider answering its next requests with ``fail`` first
+        (the SDKs retry once; a second failure in a row makes the gateway fall back)."""
+        self.fake.fail_next[:] = fail
+        response = client.post("/ask", json=body)
+        what = f"POST /ask {body} (provider answering {fail} first)"
+        self._seen(response, what, 200)
+        expected = answered_by or body["provider"]
+        if response.status_code == 200 and response.json()["provider"] != expected:
+            self.errors.append(f"{what}: answered by {response.json()}, expected {expected}")
+        elif response.status_code == 200 and expected != body["provider"]:
+            self.fallbacks += 1
+        if self.fake.fail_next:
+            self.errors.append(f"{what}: failures left unanswered: {self.fake.fail_next}")
+            self.fake.fail_next.clear()
+
     def round(self, client: httpx.Client, n: int) -> None:
         # Provider calls: repeated prompts hit the cache from the second round on.
         self._chat(client, prompt="what is observability", provider="openai")
@@ -380,6 +500,15 @@ class Traffic:
         self._chat(client, 502, prompt=f"busy {n}", provider="openai", fail="rate_limit")
         self._chat(client, 502, prompt=f"slow {n}", provider="openai", fail="timeout")
         self._chat(client, 502, prompt=f"heavy {n}", provider="anthropic", fail="overloaded")
+        # The real SDKs on the fake provider: every answer carries rate-limit headers; a
+        # 429 or 500 is retried by the SDK (retries_total); two 500s in a row exhaust the
+        # openai client's one retry and the gateway falls back to anthropic (fallbacks_total).
+        self._ask(client, [], prompt=f"sdk question {n}", provider="openai")
+        self._ask(client, [429], prompt=f"sdk busy {n}", provider="openai", stream=True)
+        self._ask(client, [500], prompt=f"sdk hiccup {n}", provider="anthropic")
+        self._ask(client, [], prompt=f"sdk stream {n}", provider="anthropic", stream=True)
+        self._ask(client, [500, 500], "anthropic", prompt=f"sdk down {n}", provider="openai",
+                  stream=True)
         # Plain HTTP: success, 404s (a known route and an unmatched path), a 500.
         self._seen(client.get("/items/2"), "GET /items/2", 200)
         self._seen(client.get("/items/404"), "GET /items/404", 404)
