@@ -57,9 +57,9 @@ class ServerRequest:
     ``client_disconnected()`` and ``failed()`` whenever those happen.
     """
 
-    __slots__ = ("_fallback", "_w3c", "access_log", "bytes_sent", "client", "disconnected",
-                 "error", "finished", "method", "metrics", "path", "route", "series", "span_id",
-                 "sse", "start", "status", "streams", "trace_id")
+    __slots__ = ("_fallback", "_sse_start", "_w3c", "access_log", "bytes_sent", "client",
+                 "disconnected", "error", "finished", "method", "metrics", "path", "route",
+                 "series", "span_id", "sse", "start", "status", "streams", "trace_id")
 
     def __init__(self, method: str, path: str, headers: Any, client: Client = None,
                  access_log: bool = True, metrics: _metrics.Metrics | None = None,
@@ -151,23 +151,31 @@ class ServerRequest:
         self.status = status
         if sse:
             self.sse = True
-            if not self.streams:  # a plain SSE body: measured here, as a stream of its own
-                token = self.enter()
-                try:
-                    self._fallback = SSEStream(self.metrics, self.route or UNMATCHED, None,
-                                               attach=False)
-                finally:
-                    self.exit(token)
+            self._sse_start = perf_counter()
 
     def body_sent(self, chunk: bytes | bytearray | memoryview | str) -> None:
         self.bytes_sent += len(chunk)
-        if self._fallback is not None and chunk:
+        if self.sse and chunk and not self.streams:  # a plain SSE body: events counted here
+            stream = self._fallback or self._plain_stream()
             data = (chunk if type(chunk) is bytes else chunk.encode() if isinstance(chunk, str)
                     else bytes(chunk))
             # an event is a block; one starting with ':' is a comment (a heartbeat)
             for block in data.split(b"\n\n"):
                 if block.strip():
-                    self._fallback.item(block)
+                    stream.item(block)
+
+    def _plain_stream(self) -> SSEStream:
+        """Measure an SSE body no ``@track_sse`` stream measures as a stream of its own, from
+        its response's start. Opened with its first chunk (or at the end, if it sent none):
+        a ``@track_sse`` generator the body starts lazily has attached by then."""
+        token = self.enter()
+        try:
+            stream = self._fallback = SSEStream(self.metrics, self.route or UNMATCHED, None,
+                                                attach=False)
+        finally:
+            self.exit(token)
+        stream.start = self._sse_start
+        return stream
 
     def client_disconnected(self) -> None:
         """The client went away before the response completed: tell the streams first."""
@@ -218,7 +226,7 @@ class ServerRequest:
             series.done(status, None if self.sse else elapsed, self.trace_id, end)
             if (status >= 500 and status != CLIENT_CLOSED) or failed:
                 self.metrics.http_errors.child(self.method, route, str(status)).inc()
-            if self._fallback is not None:
+            if self.sse and not self.streams:
                 self._end_fallback()
             log_error = failed and log_enabled(40)
             log_access = self.access_log and log_enabled(20)
@@ -229,8 +237,7 @@ class ServerRequest:
 
     def _end_fallback(self) -> None:
         """End the plain SSE body's stream the way ``@track_sse`` ends its own."""
-        stream, self._fallback = self._fallback, None
-        assert stream is not None
+        stream, self._fallback = self._fallback or self._plain_stream(), None
         if self.disconnected:
             stream.client_disconnected()
             stream.end(CANCELLED, None)

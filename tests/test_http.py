@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
 
-from instrument import get_trace_id
+from instrument import get_trace_id, track_sse
 from instrument._context import current_request
 from instrument._http import ServerRequest
 from instrument._propagation import extract_context
@@ -23,21 +24,43 @@ class Stream:
         self.told = True
 
 
-def test_a_tracked_stream_started_after_the_response_does_not_leak_the_fallback(
+def test_a_tracked_stream_the_body_starts_lazily_is_counted_once(
         registry: CollectorRegistry) -> None:
-    """The fallback SSE measurement opened at response start is closed even if a
-    @track_sse stream attaches later (a generator started lazily by the body)."""
+    """A ``@track_sse`` generator first called by the body, after the response started, is
+    the stream: the request does not measure the same body as a second one."""
+    @track_sse("/events")
+    def events() -> Iterator[str]:
+        yield "data: 1\n\n"
+        yield "data: 2\n\n"
+
     request = ServerRequest("GET", "/events", [(b"x-trace-id", TRACE.encode())])
+    token = request.enter()
+    try:
+        request.set_route("/events")
+        request.response_started(200, sse=True)
+        for chunk in events():  # what a lazy body does: the generator starts now
+            request.body_sent(chunk.encode())
+    finally:
+        request.exit(token)
+    request.finish()
+    assert value(registry, "sse_connections_total", endpoint="/events") == 1
+    assert value(registry, "sse_events_total", endpoint="/events") == 2
+    assert value(registry, "sse_streams_closed_total", endpoint="/events",
+                 outcome="completed") == 1
+    assert value(registry, "sse_active_connections", endpoint="/events") == 0
+
+
+def test_a_plain_sse_body_is_measured_as_a_stream_even_without_a_chunk(
+        registry: CollectorRegistry) -> None:
+    request = ServerRequest("GET", "/events", [])
     request.set_route("/events")
     request.response_started(200, sse=True)
-    stream = Stream()
-    request.attach_stream(stream)
     request.client_disconnected()
     request.finish()
-    assert stream.told
-    assert value(registry, "sse_active_connections", endpoint="/events") == 0
+    assert value(registry, "sse_connections_total", endpoint="/events") == 1
     assert value(registry, "sse_streams_closed_total", endpoint="/events",
                  outcome="client_disconnect") == 1
+    assert value(registry, "sse_active_connections", endpoint="/events") == 0
     assert value(registry, "http_requests_total", method="GET", route="/events",
                  status="200") == 1
 
