@@ -25,6 +25,7 @@ from instrument._propagation import (
     TRACE_HEADER,
     TRACEPARENT,
     extract_checked,
+    read_tracestate,
     trace_headers,
     traceparent,
 )
@@ -59,7 +60,8 @@ class ServerRequest:
 
     __slots__ = ("_fallback", "_sse_start", "_w3c", "access_log", "bytes_sent", "client",
                  "disconnected", "error", "finished", "method", "metrics", "path", "route",
-                 "series", "span_id", "sse", "start", "status", "streams", "trace_id")
+                 "series", "span_id", "sse", "start", "status", "streams", "trace_id",
+                 "tracestate")
 
     def __init__(self, method: str, path: str, headers: Any, client: Client = None,
                  access_log: bool = True, metrics: _metrics.Metrics | None = None,
@@ -84,6 +86,8 @@ class ServerRequest:
             w3c = len(trace_id) == 32 and is_w3c_trace_id(trace_id)  # a length test, mostly
         self.trace_id = trace_id
         self.span_id = parent  # the remote parent span, if the caller sent one
+        if parent is not None:  # a traceparent continued: its tracestate goes on with it
+            self.tracestate = read_tracestate(headers)
         self._w3c = w3c  # whether a traceparent goes back
         # no trace counted here: the request's series counts it as it ends
         self.route: str | None = None

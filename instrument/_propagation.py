@@ -19,6 +19,12 @@ from instrument._context import (
 
 TRACE_HEADER = "X-Trace-ID"
 TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+#: W3C: at most 512 characters and 32 list-members; printable ASCII only (no CR/LF: a value
+#: passed on into another request's headers must never split them)
+_MAX_TRACESTATE = 512
+_TRACESTATE_MEMBERS = 32
+_PRINTABLE = re.compile(r"[\x20-\x7e]+", re.ASCII)
 
 _TRACEPARENT = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?", re.ASCII)
@@ -198,10 +204,43 @@ def headers_for(ctx: TraceContext) -> list[tuple[str, str]]:
     return [(TRACE_HEADER, trace_id)]
 
 
+def parse_tracestate(value: str | None) -> str | None:
+    """An incoming ``tracestate`` to pass on untouched, or None when it is missing or not
+    what W3C allows (too long, too many list-members, a member without ``=``, not printable
+    ASCII): the spec lets a receiver drop a tracestate it cannot parse, never alter it."""
+    if not value or len(value) > _MAX_TRACESTATE or _PRINTABLE.fullmatch(value) is None:
+        return None
+    members = [m.strip() for m in value.split(",") if m.strip()]
+    if not members or len(members) > _TRACESTATE_MEMBERS or not all("=" in m for m in members):
+        return None
+    return value
+
+
+def read_tracestate(headers: Any) -> str | None:
+    """``parse_tracestate`` of the ``tracestate`` header, from pairs, a mapping or a WSGI
+    environ (read only for a request that continues a ``traceparent``)."""
+    if isinstance(headers, dict) and "wsgi.version" in headers:
+        raw = headers.get("HTTP_TRACESTATE")
+    else:
+        raw = get_header(headers, TRACESTATE)
+    return parse_tracestate(raw if isinstance(raw, str) else None)
+
+
+def outbound_headers(ctx: TraceContext) -> list[tuple[str, str]]:
+    """``headers_for(ctx)`` for a request this trace makes, plus the served request's
+    ``tracestate`` while the trace is the one its ``traceparent`` carried."""
+    headers = headers_for(ctx)
+    request = ctx.request
+    if request is not None and (state := getattr(request, "tracestate", None)) is not None \
+            and request.trace_id == ctx.trace_id and len(headers) == 2:
+        headers.append((TRACESTATE, state))
+    return headers
+
+
 def trace_headers() -> list[tuple[str, str]]:
     """The outgoing headers for the current trace (none outside a trace)."""
     ctx = trace_context.get()
-    return [] if ctx is None else headers_for(ctx)
+    return [] if ctx is None else outbound_headers(ctx)
 
 
 def inject_headers(headers: H) -> H:

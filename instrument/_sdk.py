@@ -33,7 +33,7 @@ from instrument._engine import (
     outcome_for,
 )
 from instrument._observe import resolve_metrics
-from instrument._propagation import headers_for
+from instrument._propagation import outbound_headers
 from instrument._provider import UNKNOWN_MODEL, ProviderCall, Usage, read_usage
 
 if TYPE_CHECKING:  # wrapt 2 types its proxy as a generic; wrapt 1 cannot subscript it
@@ -231,7 +231,7 @@ class Target:
                                 model if isinstance(model, str) and model else UNKNOWN_MODEL,
                                 operation, False, None)
             trace = call.trace
-        ours = dict(headers_for(trace))
+        ours = dict(outbound_headers(trace))
         theirs = kwargs.get("extra_headers")
         if isinstance(theirs, dict):  # the caller's own trace headers win
             taken = {str(k).lower() for k in theirs}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from instrument import extract_trace_id, inject_headers, trace_headers, trace_span, use_trace_id
-from instrument._propagation import extract_context, parse_traceparent
+from instrument._propagation import extract_context, extract_wsgi, parse_traceparent
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -225,3 +225,68 @@ def test_injected_headers_follow_the_innermost_span() -> None:
     assert seen[0]["traceparent"] == f"00-{outer.trace_id}-{outer.span_id}-01"
     assert seen[1]["traceparent"] == f"00-{outer.trace_id}-{inner.span_id}-01"
     assert seen[0]["X-Trace-ID"] == seen[1]["X-Trace-ID"] == outer.trace_id
+
+
+# -- tracestate: carried on, untouched, with the traceparent it belongs to -----------------
+
+TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+STATE = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+
+
+@pytest.mark.parametrize(("value", "kept"), [
+    (STATE, True), ("a=1", True), (" a=1 , b=2 ", True),
+    ("", False), ("no-equals-sign", False), ("a=1,\r\nX-Injected: 1", False),
+    ("a=1\u00e9", False), ("a=" + "x" * 511, False),
+    (",".join(f"k{i}=v" for i in range(32)), True),
+    (",".join(f"k{i}=v" for i in range(33)), False),
+])
+def test_tracestate_is_kept_untouched_or_dropped_whole(value: str, kept: bool) -> None:
+    from instrument._propagation import parse_tracestate
+
+    assert parse_tracestate(value) == (value if kept else None)
+
+
+def _sent_upstream(headers: Any, extract: Any = None, trace_id: str | None = None
+                   ) -> dict[str, str]:
+    """The headers an instrumented httpx client sends while serving ``headers``."""
+    import httpx
+
+    from instrument._http import ServerRequest
+    from instrument.adapters.httpx import instrument_client
+
+    seen: dict[str, str] = {}
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.update(request.headers)
+        return httpx.Response(200)
+
+    served = (ServerRequest("GET", "/", headers) if extract is None
+              else ServerRequest("GET", "/", headers, extract=extract))
+    token = served.enter()
+    try:
+        with (use_trace_id(trace_id) if trace_id else trace_span("work")), instrument_client(
+                httpx.Client(transport=httpx.MockTransport(upstream))) as client:
+            client.get("http://upstream.test/")
+    finally:
+        served.exit(token)
+    return seen
+
+
+def test_a_continued_traceparent_sends_its_tracestate_on() -> None:
+    sent = _sent_upstream([(b"traceparent", TP.encode()), (b"tracestate", STATE.encode())])
+    assert sent["tracestate"] == STATE
+    assert sent["traceparent"].split("-")[1] == TP.split("-")[1]
+    environ = {"wsgi.version": (1, 0), "HTTP_TRACEPARENT": TP, "HTTP_TRACESTATE": STATE}
+    assert _sent_upstream(environ, extract_wsgi)["tracestate"] == STATE
+
+
+def test_no_tracestate_goes_on_for_another_trace_or_without_a_traceparent() -> None:
+    other = [(b"x-trace-id", b"another-trace"), (b"traceparent", TP.encode()),
+             (b"tracestate", STATE.encode())]
+    assert "tracestate" not in _sent_upstream(other)  # X-Trace-ID wins: not that trace's state
+    assert "tracestate" not in _sent_upstream([(b"tracestate", STATE.encode())])
+    continued = [(b"traceparent", TP.encode()), (b"tracestate", STATE.encode())]
+    switched = _sent_upstream(continued, trace_id="1" * 32)  # use_trace_id inside the request
+    assert switched["x-trace-id"] == "1" * 32 and "tracestate" not in switched
+    bad = [(b"traceparent", TP.encode()), (b"tracestate", b"a=1,\r\nx")]
+    assert "tracestate" not in _sent_upstream(bad)
