@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import adapters, decorators, sdk
+from benchmarks import adapters, decorators, scrape, sdk
 from benchmarks import logging as logging_bench
 
 
@@ -15,7 +15,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args()
     results = {"decorators": decorators.main(args.quick), "adapters": adapters.main(args.quick),
-               "logging": logging_bench.main(args.quick), "sdk": sdk.main(args.quick)}
+               "logging": logging_bench.main(args.quick), "sdk": sdk.main(args.quick),
+               "scrape": scrape.main(args.quick)}
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -23,6 +24,7 @@ def main() -> None:
         print(adapters.report(results["adapters"]))
         print(logging_bench.report(results["logging"]))
         print(sdk.report(results["sdk"]))
+        print(scrape.report(results["scrape"]))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ def test_benchmarks_run_and_report_every_figure() -> None:
     assert sdk["our_calls"] > 0
     if not sdk["otel"].startswith("not installed"):  # the dev extra installs it
         assert "otel_added_us" in sdk["call"] and sdk["otel_spans"] > 0
+    assert {"ours_text_ms", "client_text_ms", "text_ratio", "openmetrics_ratio",
+            "summary_ms"} <= set(results["scrape"])
+    assert results["scrape"]["samples"] > 2000  # the realistic catalog really was recorded
     assert out.stderr == ""  # nothing logged before opt-in: loguru's default handler is on
 
 
