@@ -5,12 +5,18 @@ routes x 6 statuses of served requests (with exemplars), 5 providers x 10 models
 provider calls with tokens and cost, 10 SSE endpoints, caches and spans. Rendering
 ``/metrics`` (text and OpenMetrics) through the toolkit's exposition is timed against
 ``generate_latest`` on the same registry, alternating; ``/metrics/summary`` on its own.
-Targets: ``/metrics`` <= 1.1x ``generate_latest``; ``/metrics/summary`` <= 20 ms.
+Targets: ``/metrics`` <= 1.1x ``generate_latest``; ``/metrics/summary`` <= 20 ms. In
+multiprocess mode four worker processes write the catalog and a fifth scrapes the merge.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -86,7 +92,43 @@ def main(quick: bool = False) -> dict[str, float]:
     out["text_ratio"] = out["ours_text_ms"] / out["client_text_ms"]
     out["openmetrics_ratio"] = out["ours_openmetrics_ms"] / out["client_openmetrics_ms"]
     out["summary_ms"] = _median_ms(lambda: respond("/summary", None, registry), rounds, number)
+    out["mp"] = multiprocess(quick)  # type: ignore[assignment]
     return out
+
+
+WORKERS = 4
+
+
+def multiprocess(quick: bool = False) -> dict[str, float]:
+    """The same catalog written by four worker processes into ``PROMETHEUS_MULTIPROC_DIR``,
+    merged at scrape time: ours against prometheus-client's ``MultiProcessCollector``."""
+    with tempfile.TemporaryDirectory() as directory:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
+        for _ in range(WORKERS):
+            subprocess.run([sys.executable, "-m", "benchmarks.scrape", "--worker"], env=env,
+                           check=True)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.scrape", "--merge",
+                              "quick" if quick else "full"], env=env, check=True,
+                             capture_output=True, text=True)
+    return dict(json.loads(out.stdout))
+
+
+def _merge(quick: bool) -> dict[str, float]:
+    from prometheus_client import multiprocess as client_multiprocess
+
+    rounds, number = (1, 1) if quick else (7, 5)
+    registry = CollectorRegistry()
+    instrument.configure(registry=registry)
+    theirs = CollectorRegistry()
+    client_multiprocess.MultiProcessCollector(theirs)  # type: ignore[no-untyped-call]
+    ours_ms, client_ms = [], []
+    for _ in range(rounds):
+        ours_ms.append(_median_ms(lambda: respond("", None, registry), 1, number))
+        client_ms.append(_median_ms(lambda: generate_latest(theirs), 1, number))
+    ours, client = statistics.median(ours_ms), statistics.median(client_ms)
+    return {"workers": float(WORKERS), "ours_ms": ours, "client_ms": client,
+            "ratio": ours / client,
+            "samples": float(sum(len(f.samples) for f in theirs.collect()))}
 
 
 def report(r: dict[str, float]) -> str:
@@ -98,8 +140,16 @@ def report(r: dict[str, float]) -> str:
         f"  OpenMetrics {r['ours_openmetrics_ms']:.2f} ms vs prometheus-client's "
         f"{r['client_openmetrics_ms']:.2f} ms ({r['openmetrics_ratio']:.2f}x; target <= 1.1x)",
         f"  /metrics/summary {r['summary_ms']:.2f} ms (target <= 20 ms)",
+        *([f"  multiprocess, {int(mp['workers'])} workers' files ({int(mp['samples'])} "
+           f"samples): /metrics {mp['ours_ms']:.1f} ms vs MultiProcessCollector "
+           f"{mp['client_ms']:.1f} ms ({mp['ratio']:.2f}x)"] if (mp := r.get("mp")) else []),
     ])
 
 
 if __name__ == "__main__":
-    print(report(main()))
+    if sys.argv[1:2] == ["--worker"]:  # one gunicorn-like worker: writes its files, exits
+        catalog(CollectorRegistry())
+    elif sys.argv[1:2] == ["--merge"]:
+        print(json.dumps(_merge(sys.argv[2] == "quick")))
+    else:
+        print(report(main()))
