@@ -424,3 +424,34 @@ def test_reset_prices_restores_the_shipped_table() -> None:
     assert price_table() is original
     assert get_price("acme", "m1") is None
     assert get_price("openai", "gpt-4o") == Price(2.5, 10.0, 1.25)
+
+
+def test_genai_prices_looks_up_a_bounded_number_of_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model names come from callers: past the limit a new name costs no lookup, and neither
+    our memory of names nor genai-prices' own lookup cache grows with a flood of them."""
+    from types import SimpleNamespace
+
+    from instrument import _genai
+
+    asked: list[str] = []
+
+    def calc_price(usage: object, model: str, provider_id: str) -> object:
+        asked.append(model)
+        if model.startswith("known"):
+            return SimpleNamespace(total_price=0.5)
+        raise LookupError(model)
+
+    fake = SimpleNamespace(calc_price=calc_price, Usage=lambda **counts: counts)
+    monkeypatch.setattr(_genai, "_module", fake)
+    monkeypatch.setattr(_genai, "_NAME_LIMIT", 3)
+    monkeypatch.setattr(_genai, "_looked_up", set())
+    monkeypatch.setattr(_genai, "_misses", set())
+    assert _genai.cost("openai", "known-1", 10, 2, 0, 0, 0) == 0.5
+    assert _genai.cost("openai", "invented-1", 10, 2, 0, 0, 0) is None
+    assert _genai.cost("openai", "invented-1", 10, 2, 0, 0, 0) is None  # a miss: asked once
+    assert _genai.cost("openai", "invented-2", 10, 2, 0, 0, 0) is None
+    for i in range(100):  # the limit is reached: nothing new is asked
+        assert _genai.cost("openai", f"invented-{i + 3}", 10, 2, 0, 0, 0) is None
+    assert _genai.cost("openai", "known-1", 10, 2, 0, 0, 0) == 0.5  # known names still priced
+    assert asked == ["known-1", "invented-1", "invented-2", "known-1"]
+    assert len(_genai._looked_up) == 3
