@@ -49,7 +49,7 @@ def _grown(work: Callable[[int], Any], warm: int, n: int) -> dict[str, float]:
 
 
 def main(quick: bool = False) -> dict[str, dict[str, float]]:
-    calls, streams, requests = (2000, 200, 2000) if quick else (1_000_000, 10_000, 100_000)
+    calls, streams, requests = (200, 50, 200) if quick else (1_000_000, 10_000, 100_000)
     registry = CollectorRegistry()
     metrics = instrument.configure(registry=registry, max_label_values=MAX_LABEL_VALUES)
     rng = random.Random(7)
@@ -83,7 +83,8 @@ def main(quick: bool = False) -> dict[str, dict[str, float]]:
 
     tracemalloc.start()
     try:
-        out = {"provider_calls": {**_grown(provider_calls, 10_000, calls), "n": float(calls)},
+        warm = 100 if quick else 10_000
+        out = {"provider_calls": {**_grown(provider_calls, warm, calls), "n": float(calls)},
                "sse_streams": {**_grown(sse_streams, 100, streams), "n": float(streams)}}
         before = series(registry)
         out["random_paths"] = {**_grown(random_requests, 100, requests), "n": float(requests)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import adapters, decorators, scrape, sdk
+from benchmarks import adapters, decorators, memory, scrape, sdk
 from benchmarks import logging as logging_bench
 
 
@@ -16,7 +16,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {"decorators": decorators.main(args.quick), "adapters": adapters.main(args.quick),
                "logging": logging_bench.main(args.quick), "sdk": sdk.main(args.quick),
-               "scrape": scrape.main(args.quick)}
+               "scrape": scrape.main(args.quick), "memory": memory.main(args.quick)}
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -25,6 +25,7 @@ def main() -> None:
         print(logging_bench.report(results["logging"]))
         print(sdk.report(results["sdk"]))
         print(scrape.report(results["scrape"]))
+        print(memory.report(results["memory"]))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def test_benchmarks_run_and_report_every_figure() -> None:
     assert {"ours_text_ms", "client_text_ms", "text_ratio", "openmetrics_ratio",
             "summary_ms"} <= set(results["scrape"])
     assert results["scrape"]["samples"] > 2000  # the realistic catalog really was recorded
+    assert {"provider_calls", "sse_streams", "random_paths", "random_models",
+            "series"} <= set(results["memory"])
     assert out.stderr == ""  # nothing logged before opt-in: loguru's default handler is on
 
 

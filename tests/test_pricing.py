@@ -453,5 +453,32 @@ def test_genai_prices_looks_up_a_bounded_number_of_names(monkeypatch: pytest.Mon
     for i in range(100):  # the limit is reached: nothing new is asked
         assert _genai.cost("openai", f"invented-{i + 3}", 10, 2, 0, 0, 0) is None
     assert _genai.cost("openai", "known-1", 10, 2, 0, 0, 0) == 0.5  # known names still priced
-    assert asked == ["known-1", "invented-1", "invented-2", "known-1"]
+    assert set(asked) == {"known-1", "invented-1", "invented-2"}
+    assert asked.count("invented-1") == 1  # a miss is remembered
     assert len(_genai._looked_up) == 3
+
+
+@pytest.mark.parametrize(("provider", "model"), [
+    ("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku-latest"),
+    ("anthropic", "claude-sonnet-4"), ("google", "gemini-1.5-pro")])
+def test_genai_prices_rates_give_what_its_own_calculation_gives(
+        provider: str, model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-token rates worked out once per model price every call exactly as
+    genai-prices' own ``calc_price`` would (a model priced in tiers is left to it)."""
+    genai_prices = pytest.importorskip("genai_prices")
+    from instrument import _genai
+
+    monkeypatch.setattr(_genai, "_rates", {})
+    usages = [(1000, 200, 0, 0, 0), (5000, 700, 3000, 0, 0), (9000, 50, 1000, 4000, 0),
+              (9000, 50, 1000, 4000, 1500), (250_000, 1000, 0, 0, 0)]
+    for tokens in usages:
+        inputs, outputs, read, write, hour = tokens
+        counts = {"input_tokens": inputs, "output_tokens": outputs, "cache_read_tokens": read,
+                  "cache_write_tokens": write}
+        if hour:
+            counts |= {"cache_write_1h_tokens": hour, "cache_write_5m_tokens": write - hour}
+        expected = float(genai_prices.calc_price(genai_prices.Usage(**counts), model,
+                                                 provider_id=provider).total_price)
+        assert _genai.cost(provider, model, *tokens) == pytest.approx(expected, rel=1e-9), tokens
+    linear = _genai._rates[(provider, model)][1] is not None
+    assert linear == (model != "gemini-1.5-pro")  # tiered by context length: not linear
