@@ -39,13 +39,24 @@ def series(registry: CollectorRegistry) -> int:
 
 
 def _grown(work: Callable[[int], Any], warm: int, n: int) -> dict[str, float]:
+    """RSS growth over ``n`` runs of ``work`` after ``warm``; then traced growth over n/20
+    more (tracemalloc slows Python down some twentyfold: a sample is what it can afford)."""
     work(warm)
     gc.collect()
-    rss, traced = rss_bytes(), tracemalloc.get_traced_memory()[0]
+    rss = rss_bytes()
     work(n)
     gc.collect()
-    return {"rss_growth_bytes": float(rss_bytes() - rss),
-            "traced_growth_bytes": float(tracemalloc.get_traced_memory()[0] - traced)}
+    grown = float(rss_bytes() - rss)
+    tracemalloc.start()
+    try:
+        traced = tracemalloc.get_traced_memory()[0]
+        work(max(n // 20, 1))
+        gc.collect()
+        traced_growth = float(tracemalloc.get_traced_memory()[0] - traced)
+    finally:
+        tracemalloc.stop()
+    return {"rss_growth_bytes": grown, "traced_growth_bytes": traced_growth,
+            "traced_n": float(max(n // 20, 1))}
 
 
 def main(quick: bool = False) -> dict[str, dict[str, float]]:
@@ -81,18 +92,14 @@ def main(quick: bool = False) -> dict[str, dict[str, float]]:
         for _ in range(n):
             call(model=f"m-{rng.getrandbits(48):x}")
 
-    tracemalloc.start()
-    try:
-        warm = 100 if quick else 10_000
-        out = {"provider_calls": {**_grown(provider_calls, warm, calls), "n": float(calls)},
-               "sse_streams": {**_grown(sse_streams, 100, streams), "n": float(streams)}}
-        before = series(registry)
-        out["random_paths"] = {**_grown(random_requests, 100, requests), "n": float(requests)}
-        out["random_models"] = {**_grown(random_models, 100, requests), "n": float(requests)}
-        out["series"] = {"before_random": float(before), "after_random": float(series(registry)),
-                         "max_label_values": float(MAX_LABEL_VALUES)}
-    finally:
-        tracemalloc.stop()
+    warm = 100 if quick else 10_000
+    out = {"provider_calls": {**_grown(provider_calls, warm, calls), "n": float(calls)},
+           "sse_streams": {**_grown(sse_streams, 100, streams), "n": float(streams)}}
+    before = series(registry)
+    out["random_paths"] = {**_grown(random_requests, 100, requests), "n": float(requests)}
+    out["random_models"] = {**_grown(random_models, 100, requests), "n": float(requests)}
+    out["series"] = {"before_random": float(before), "after_random": float(series(registry)),
+                     "max_label_values": float(MAX_LABEL_VALUES)}
     return out
 
 
@@ -103,8 +110,9 @@ def report(r: dict[str, dict[str, float]]) -> str:
                        ("random_paths", "requests to random routes"),
                        ("random_models", "calls with random model names")):
         p = r[key]
-        lines.append(f"  {int(p['n']):,} {label}: RSS {p['rss_growth_bytes'] / 1e6:+.2f} MB, "
-                     f"traced {p['traced_growth_bytes'] / 1e3:+.1f} kB")
+        lines.append(f"  {int(p['n']):,} {label}: RSS {p['rss_growth_bytes'] / 1e6:+.2f} MB; "
+                     f"traced over {int(p['traced_n']):,} more "
+                     f"{p['traced_growth_bytes'] / 1e3:+.1f} kB")
     s = r["series"]
     lines.append(f"  series: {int(s['before_random'])} before the random names, "
                  f"{int(s['after_random'])} after (max_label_values={int(s['max_label_values'])})")
