@@ -32,9 +32,11 @@ def trace_id(framework: str, i: int) -> str:
 
 @contextmanager
 def fake_upstream() -> Iterator[FakeLLM]:
-    """The fake provider (not instrumented: its access lines carry no trace)."""
+    """The fake provider (not instrumented: its access lines carry no trace). Idle
+    connections are kept a minute: a client reusing one just as uvicorn's 5 s keep-alive
+    closes it would see a dropped connection, a harness race, not the toolkit's."""
     fake = FakeLLM()
-    with serve_asgi(fake.app(), timeout_graceful_shutdown=2) as url:
+    with serve_asgi(fake.app(), timeout_graceful_shutdown=2, timeout_keep_alive=60) as url:
         fake.url = url
         try:
             yield fake

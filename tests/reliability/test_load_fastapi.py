@@ -68,7 +68,8 @@ def test_fastapi_on_uvicorn_keeps_every_trace_apart() -> None:
                     extra_query={"m": marker(i)})
             return PlainTextResponse(get_trace_id() or "")
 
-        with serve_asgi(instrument_app(app), access_log=True, lifespan="on") as url:
+        with serve_asgi(instrument_app(app), access_log=True, lifespan="on",
+                        timeout_keep_alive=60) as url:
             report = fire(url, "fastapi")
             wait_until(lambda: len(logs.events("request")) == REQUESTS, timeout=30)
             metrics = scrape(url + "/metrics")

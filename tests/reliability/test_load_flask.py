@@ -75,7 +75,7 @@ def gunicorn(tmp_path: Path, upstream: str, log: Path) -> Iterator[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "gunicorn.conf.py"),
              "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-             "--threads", "16", "--access-logfile", "/dev/null",
+             "--threads", "16", "--keep-alive", "60", "--access-logfile", "/dev/null",
              "tests.reliability.flask_work:app"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
