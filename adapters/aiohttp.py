@@ -70,6 +70,8 @@ def instrument_app(app: web.Application, *, metrics_path: str | None = "/metrics
         obs.set_route(None if resource is None else resource.canonical)
         if task := asyncio.current_task():  # aiohttp runs each request in a task of its own
             task.add_done_callback(lambda _: _abandoned(obs, request))
+        # In that task the trace stays bound until the task ends (its context is the task's
+        # own copy): aiohttp's access line, written after write_eof, carries the trace ID.
         token = obs.enter()
         try:
             return await handler(request)
@@ -83,10 +85,11 @@ def instrument_app(app: web.Application, *, metrics_path: str | None = "/metrics
                 obs.finish()  # headers already out, or nobody listening: nothing more to send
             raise
         finally:
-            if obs.finished:
-                obs.exit(token)
-            else:  # the body ends later (see _end): the trace stays bound until then
-                request[_TOKEN] = token
+            if task is None:  # no task of its own: unbind now, or when the body ends (_end)
+                if obs.finished:
+                    obs.exit(token)
+                else:
+                    request[_TOKEN] = token
 
     app.middlewares.insert(0, instrument_middleware)
     app.on_response_prepare.append(_on_prepare)

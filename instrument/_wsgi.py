@@ -154,9 +154,10 @@ class WSGIMiddleware:
         context = copy_context()
         context.run(req.enter)
         response = _Response(req, start_response, context, self.route_of)
-        if "werkzeug.socket" in environ:
+        if "werkzeug.socket" in environ or "gunicorn.socket" in environ:
             # werkzeug's development server writes its access line from its own context, as
-            # the body starts: bound there too (until close) so that line carries the trace.
+            # the body starts, gunicorn's after the body and before close(): bound there too
+            # (until close) so that line carries the trace.
             response._server_token = req.enter()
         try:
             inner = response._inner = context.run(wsgi_app, environ, response.start_response)

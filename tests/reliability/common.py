@@ -1,0 +1,177 @@
+"""What the load tests share: a quiet fake upstream, the per-request marker, the checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tests.fakes.llm_server import FakeLLM
+from tests.helpers import Scrape, serve_asgi
+
+REQUESTS = 1000
+CONCURRENCY = 100
+MODEL = "gpt-4o-mini"
+#: every request's own token: in its path, its upstream URL and body, its handler's log line
+MARKER = re.compile(r"W(\d{4})X")
+
+
+def marker(i: int) -> str:
+    return f"W{i:04d}X"
+
+
+def trace_id(framework: str, i: int) -> str:
+    return f"rel-{framework}-{i:04d}"
+
+
+@contextmanager
+def fake_upstream() -> Iterator[FakeLLM]:
+    """The fake provider (not instrumented: its access lines carry no trace). Idle
+    connections are kept a minute: a client reusing one just as uvicorn's 5 s keep-alive
+    closes it would see a dropped connection, a harness race, not the toolkit's."""
+    fake = FakeLLM()
+    with serve_asgi(fake.app(), timeout_graceful_shutdown=2, timeout_keep_alive=60) as url:
+        fake.url = url
+        try:
+            yield fake
+        finally:
+            fake.release.set()
+
+
+def upstream_body(i: int) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": marker(i)}]}
+
+
+def upstream_path(fake_url: str, i: int) -> str:
+    return f"{fake_url}/v1/chat/completions?m={marker(i)}"
+
+
+@dataclass
+class Report:
+    """Mismatches found; empty lists mean nothing crossed."""
+
+    responses: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    upstream: list[str] = field(default_factory=list)
+    lines_per_request: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def mismatches(self) -> int:
+        return len(self.responses) + len(self.logs) + len(self.upstream)
+
+
+def fire(base_url: str, framework: str, path: Callable[[int], str] = lambda i: f"/work/{marker(i)}",
+         n: int = REQUESTS, concurrency: int = CONCURRENCY) -> Report:
+    """``n`` GETs, ``concurrency`` at a time, each with its own X-Trace-ID; the response's
+    body and header must both be that ID."""
+    report = Report()
+
+    async def main() -> None:
+        gate = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+
+            async def one(i: int) -> None:
+                sent = trace_id(framework, i)
+                async with gate:
+                    response = await client.get(path(i), headers={"X-Trace-ID": sent})
+                if (response.status_code, response.text, response.headers.get("x-trace-id")) \
+                        != (200, sent, sent):
+                    report.responses.append(f"{sent}: {response.status_code} "
+                                            f"{response.text[:80]!r} "
+                                            f"{response.headers.get('x-trace-id')!r}")
+
+            await asyncio.gather(*(one(i) for i in range(n)))
+
+    asyncio.run(main())
+    return report
+
+
+def check_logs(report: Report, lines: list[str], framework: str, per_request: int,
+               skip: Callable[[dict[str, Any]], bool] = lambda record: False) -> None:
+    """Every line is one JSON object. A line naming a request (its marker) carries that
+    request's trace ID; a line naming none but carrying a span ID belongs to the request whose
+    marked lines had that span; any other line carries no request's trace ID. Each request has
+    ``per_request`` lines. ``skip``: lines not of the server under test (the load client's)."""
+    prefix = f"rel-{framework}-"
+    records = [json.loads(line) for line in lines]
+    span_owner: dict[str, int] = {}
+    unmarked: list[dict[str, Any]] = []
+    for line, record in zip(lines, records, strict=True):
+        if skip(record):
+            continue
+        found = set(MARKER.findall(line))
+        if not found:
+            unmarked.append(record)
+            continue
+        if len(found) != 1:
+            report.logs.append(f"a line names several requests: {line[:300]}")
+            continue
+        i = int(found.pop())
+        report.lines_per_request[i] = report.lines_per_request.get(i, 0) + 1
+        if record.get("trace_id") != trace_id(framework, i):
+            report.logs.append(f"request {i} logged under {record.get('trace_id')!r}: "
+                               f"{line[:300]}")
+        if record.get("span_id") and span_owner.setdefault(record["span_id"], i) != i:
+            report.logs.append(f"span {record['span_id']} in requests {i} and "
+                               f"{span_owner[record['span_id']]}")
+    for record in unmarked:
+        tid, owner = record.get("trace_id"), span_owner.get(record.get("span_id") or "")
+        if owner is not None:
+            report.lines_per_request[owner] += 1
+            if tid != trace_id(framework, owner):
+                report.logs.append(f"request {owner}'s span logged under {tid!r}: {record}")
+        elif isinstance(tid, str) and tid.startswith(prefix):
+            report.logs.append(f"a line of trace {tid} names no request nor span: {record}")
+    for i in range(REQUESTS):
+        if report.lines_per_request.get(i, 0) != per_request:
+            report.logs.append(f"request {i}: {report.lines_per_request.get(i, 0)} lines, "
+                               f"{per_request} expected")
+
+
+def check_upstream(report: Report, fake: FakeLLM, framework: str, calls_per_request: int) -> None:
+    """The upstream saw each request's calls, each with that request's X-Trace-ID."""
+    seen: dict[int, int] = {}
+    for received in fake.received:
+        (m,) = MARKER.findall(json.dumps(received.body))
+        i = int(m)
+        seen[i] = seen.get(i, 0) + 1
+        if received.headers.get("x-trace-id") != trace_id(framework, i):
+            report.upstream.append(f"request {i}'s upstream call came with "
+                                   f"{received.headers.get('x-trace-id')!r}")
+    for i in range(REQUESTS):
+        if seen.get(i, 0) != calls_per_request:
+            report.upstream.append(f"request {i}: {seen.get(i, 0)} upstream calls")
+
+
+def check_metrics(metrics: Scrape, route: str, upstream_calls: int = REQUESTS) -> dict[str, float]:
+    """The counters are exact: every request, every upstream call, every span, once; nothing in
+    progress. Returns what was read, for the report."""
+    read = {
+        "http_requests_total": metrics.value("http_requests_total", route=route, status="200"),
+        "all_http_requests_total": metrics.value("http_requests_total"),
+        "http_request_duration_seconds_count":
+            metrics.value("http_request_duration_seconds_count", route=route),
+        "http_requests_in_progress": metrics.value("http_requests_in_progress"),
+        "http_client_requests_total": metrics.value("http_client_requests_total", status="200"),
+        "http_client_request_duration_seconds_count":
+            metrics.value("http_client_request_duration_seconds_count"),
+        "span_duration_seconds_count": metrics.value("span_duration_seconds_count",
+                                                     span="upstream"),
+        "trace_requests_total": metrics.value("trace_requests_total"),
+        "instrument_internal_errors_total": metrics.value("instrument_internal_errors_total"),
+    }
+    assert read == {
+        "http_requests_total": REQUESTS, "all_http_requests_total": REQUESTS,
+        "http_request_duration_seconds_count": REQUESTS, "http_requests_in_progress": 0,
+        "http_client_requests_total": upstream_calls,
+        "http_client_request_duration_seconds_count": upstream_calls,
+        "span_duration_seconds_count": REQUESTS, "trace_requests_total": REQUESTS,
+        "instrument_internal_errors_total": None}
+    return read
