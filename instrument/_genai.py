@@ -77,11 +77,12 @@ def cost(provider: str, model: str, input_tokens: int, output_tokens: int,
         except Exception as err:
             _metrics.report_internal_error("genai_prices", err)
             return None
-    rate_in, rate_out, rate_read, rate_write, rate_5m, rate_1h = rates
+    rate_in, rate_out, rate_read, rate_write, rate_5m, rate_1h = rates  # USD per million
     writes = (rate_write * cache_write_tokens if not hour
               else rate_5m * (cache_write_tokens - hour) + rate_1h * hour)
+    # per million, then divided, as the shipped table prices: the same figures it shows
     return (rate_in * input_tokens + rate_out * output_tokens + rate_read * cached_input_tokens
-            + writes)
+            + writes) / 1e6
 
 
 def _calc(package: Any, provider: str, model: str, input_tokens: int, output_tokens: int,
@@ -96,7 +97,7 @@ def _calc(package: Any, provider: str, model: str, input_tokens: int, output_tok
 
 
 def _linear_rates(package: Any, provider: str, model: str) -> tuple[float, ...] | None:
-    """USD per token of each kind, worked out by genai-prices itself from whole-million
+    """USD per million tokens of each kind, worked out by genai-prices itself from whole-million
     calls, or None for a model priced in context-length tiers (not linear). A flat price is
     linear in each count, so these rates give exactly what ``calc_price`` would, at a dot
     product's cost instead of its (about 70 us a call on the development machine)."""
@@ -108,17 +109,18 @@ def _linear_rates(package: Any, provider: str, model: str) -> tuple[float, ...] 
             isinstance(getattr(price, field, None), tiered) for field in _TOKEN_PRICES):
         return None  # not known to be flat: each call is worked out by genai-prices
 
-    def per_token(**extra: int) -> float:
+    def per_million(**extra: int) -> float:  # exact in Decimal, then one float
         counts = {"input_tokens": n, **extra}
         total = package.calc_price(package.Usage(**counts), model, provider_id=provider)
-        return (float(total.total_price) - float(base.total_price)) / n
+        return float(total.total_price - base.total_price)
 
-    rate_in = float(base.total_price) / n
+    rate_in = float(base.total_price)
     rate_out = float(package.calc_price(package.Usage(output_tokens=n), model,
-                                        provider_id=provider).total_price) / n
-    return (rate_in, rate_out, per_token(cache_read_tokens=n), per_token(cache_write_tokens=n),
-            per_token(cache_write_tokens=n, cache_write_5m_tokens=n, cache_write_1h_tokens=0),
-            per_token(cache_write_tokens=n, cache_write_1h_tokens=n, cache_write_5m_tokens=0))
+                                        provider_id=provider).total_price)
+    return (rate_in, rate_out, per_million(cache_read_tokens=n),
+            per_million(cache_write_tokens=n),
+            per_million(cache_write_tokens=n, cache_write_5m_tokens=n, cache_write_1h_tokens=0),
+            per_million(cache_write_tokens=n, cache_write_1h_tokens=n, cache_write_5m_tokens=0))
 
 
 _TOKEN_PRICES = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
