@@ -20,12 +20,12 @@ from instrument import _metrics
 _NAME_LIMIT = 1024
 
 _module: Any = None  # the package, False when it is not installed
-_misses: set[tuple[str, str]] = set()
-_looked_up: set[tuple[str, str]] = set()
-#: (provider, model) -> (when found, its linear rates or None when tiered); kept an hour, so
-#: a refreshed table (genai-prices' UpdatePrices) or a dated price change is seen within it
-_rates: dict[tuple[str, str], tuple[float, tuple[float, ...] | None]] = {}
+#: what genai-prices said of each name looked up: its linear rates, TIERED, or UNKNOWN, and
+#: when; kept an hour, so a refreshed table (genai-prices' UpdatePrices), a dated price
+#: change or a newly listed model is seen within it. At most _NAME_LIMIT names.
+_rates: dict[tuple[str, str], tuple[float, Any]] = {}
 _RATES_TTL = 3600.0
+TIERED, UNKNOWN = "tiered", "unknown"
 
 
 def _package() -> Any:
@@ -50,27 +50,25 @@ def cost(provider: str, model: str, input_tokens: int, output_tokens: int,
          ) -> float | None:
     """The call's cost in USD by ``genai-prices``, None when it does not know the model."""
     package = _package()
-    key = (provider, model)
-    if package is None or key in _misses:
+    if package is None:
         return None
+    key = (provider, model)
     found = _rates.get(key)
     if found is None or monotonic() - found[0] > _RATES_TTL:
-        if key not in _looked_up:
-            if len(_looked_up) >= _NAME_LIMIT:
-                return None
-            _looked_up.add(key)
+        if found is None and len(_rates) >= _NAME_LIMIT:
+            return None
         try:
             found = _rates[key] = (monotonic(), _linear_rates(package, provider, model))
         except LookupError:
-            _misses.add(key)  # a subset of _looked_up: bounded with it
-            _rates.pop(key, None)
-            return None
+            found = _rates[key] = (monotonic(), UNKNOWN)
         except Exception as err:  # a change in the package: the bundled table prices the call
             _metrics.report_internal_error("genai_prices", err)
             return None
-    rates = found[1]
+    rates: Any = found[1]
+    if rates is UNKNOWN:
+        return None
     hour = min(cache_write_1h_tokens, cache_write_tokens)
-    if rates is None:  # tiered by context length: genai-prices works each call out itself
+    if rates is TIERED:  # by context length: genai-prices works each call out itself
         try:
             return _calc(package, provider, model, input_tokens, output_tokens,
                          cached_input_tokens, cache_write_tokens, hour)
@@ -81,8 +79,9 @@ def cost(provider: str, model: str, input_tokens: int, output_tokens: int,
     writes = (rate_write * cache_write_tokens if not hour
               else rate_5m * (cache_write_tokens - hour) + rate_1h * hour)
     # per million, then divided, as the shipped table prices: the same figures it shows
-    return (rate_in * input_tokens + rate_out * output_tokens + rate_read * cached_input_tokens
-            + writes) / 1e6
+    total: float = (rate_in * input_tokens + rate_out * output_tokens
+                    + rate_read * cached_input_tokens + writes)
+    return total / 1e6
 
 
 def _calc(package: Any, provider: str, model: str, input_tokens: int, output_tokens: int,
@@ -96,9 +95,9 @@ def _calc(package: Any, provider: str, model: str, input_tokens: int, output_tok
     return float(found.total_price)
 
 
-def _linear_rates(package: Any, provider: str, model: str) -> tuple[float, ...] | None:
+def _linear_rates(package: Any, provider: str, model: str) -> Any:
     """USD per million tokens of each kind, worked out by genai-prices itself from whole-million
-    calls, or None for a model priced in context-length tiers (not linear). A flat price is
+    calls, or TIERED for a model priced in context-length tiers (not linear). A flat price is
     linear in each count, so these rates give exactly what ``calc_price`` would, at a dot
     product's cost instead of its (about 70 us a call on the development machine)."""
     n = 1_000_000
@@ -107,7 +106,7 @@ def _linear_rates(package: Any, provider: str, model: str) -> tuple[float, ...] 
     tiered = _tiered_type()
     if price is None or tiered is None or any(
             isinstance(getattr(price, field, None), tiered) for field in _TOKEN_PRICES):
-        return None  # not known to be flat: each call is worked out by genai-prices
+        return TIERED  # not known to be flat: each call is worked out by genai-prices
 
     def per_million(**extra: int) -> float:  # exact in Decimal, then one float
         counts = {"input_tokens": n, **extra}

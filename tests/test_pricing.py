@@ -444,8 +444,7 @@ def test_genai_prices_looks_up_a_bounded_number_of_names(monkeypatch: pytest.Mon
     fake = SimpleNamespace(calc_price=calc_price, Usage=lambda **counts: counts)
     monkeypatch.setattr(_genai, "_module", fake)
     monkeypatch.setattr(_genai, "_NAME_LIMIT", 3)
-    monkeypatch.setattr(_genai, "_looked_up", set())
-    monkeypatch.setattr(_genai, "_misses", set())
+    monkeypatch.setattr(_genai, "_rates", {})
     assert _genai.cost("openai", "known-1", 10, 2, 0, 0, 0) == 0.5
     assert _genai.cost("openai", "invented-1", 10, 2, 0, 0, 0) is None
     assert _genai.cost("openai", "invented-1", 10, 2, 0, 0, 0) is None  # a miss: asked once
@@ -455,7 +454,7 @@ def test_genai_prices_looks_up_a_bounded_number_of_names(monkeypatch: pytest.Mon
     assert _genai.cost("openai", "known-1", 10, 2, 0, 0, 0) == 0.5  # known names still priced
     assert set(asked) == {"known-1", "invented-1", "invented-2"}
     assert asked.count("invented-1") == 1  # a miss is remembered
-    assert len(_genai._looked_up) == 3
+    assert len(_genai._rates) == 3
 
 
 @pytest.mark.parametrize(("provider", "model"), [
@@ -480,5 +479,5 @@ def test_genai_prices_rates_give_what_its_own_calculation_gives(
         expected = float(genai_prices.calc_price(genai_prices.Usage(**counts), model,
                                                  provider_id=provider).total_price)
         assert _genai.cost(provider, model, *tokens) == pytest.approx(expected, rel=1e-9), tokens
-    linear = _genai._rates[(provider, model)][1] is not None
+    linear = _genai._rates[(provider, model)][1] is not _genai.TIERED
     assert linear == (model != "gemini-1.5-pro")  # tiered by context length: not linear

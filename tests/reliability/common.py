@@ -175,3 +175,20 @@ def check_metrics(metrics: Scrape, route: str, upstream_calls: int = REQUESTS) -
         "span_duration_seconds_count": REQUESTS, "trace_requests_total": REQUESTS,
         "instrument_internal_errors_total": None}
     return read
+
+
+def not_the_requests_lines(url: str) -> Callable[[dict[str, Any]], bool]:
+    """Lines that belong to no served request: the load client's own and the fake
+    upstream's access lines."""
+    return lambda r: (r["message"].startswith(f"HTTP Request: GET {url}/work/")
+                      or (r["logger"] == "uvicorn.access"
+                          and "/v1/chat/completions" in r["message"]))
+
+
+def check_nothing_crossed(report: Report, lines: list[str], fake: FakeLLM, url: str,
+                          framework: str, per_request: int, calls_per_request: int) -> None:
+    """Every request's ID on its response, on each of its ``per_request`` log lines and on
+    each of its upstream calls: not one mismatch."""
+    check_logs(report, lines, framework, per_request, skip=not_the_requests_lines(url))
+    check_upstream(report, fake, framework, calls_per_request=calls_per_request)
+    assert report.mismatches == 0, (report.responses[:5], report.logs[:5], report.upstream[:5])

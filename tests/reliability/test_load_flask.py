@@ -22,9 +22,8 @@ from tests.conftest import LogCapture
 from tests.helpers import Scrape, free_port, scrape, wait_until
 from tests.reliability.common import (
     REQUESTS,
-    check_logs,
     check_metrics,
-    check_upstream,
+    check_nothing_crossed,
     fake_upstream,
     fire,
 )
@@ -35,12 +34,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.no_internal_errors, pytest.mark.time
 ROOT = Path(__file__).resolve().parents[2]
 # per request: the handler's line, the httpx client's, the toolkit's access line, the server's
 PER_REQUEST = 4
-
-
-def _skip(url: str):  # type: ignore[no-untyped-def]
-    return lambda r: (r["message"].startswith(f"HTTP Request: GET {url}/work/")  # load client
-                      or (r["logger"] == "uvicorn.access" and "/v1/chat/completions"
-                          in r["message"]))  # the fake upstream's own access lines
 
 
 def test_flask_on_werkzeug_keeps_every_trace_apart() -> None:
@@ -54,9 +47,8 @@ def test_flask_on_werkzeug_keeps_every_trace_apart() -> None:
             wait_until(lambda: sum('"logger":"werkzeug"' in line and "/work/" in line
                                    for line in logs.text.splitlines()) == REQUESTS, timeout=30)
             metrics = scrape(url + "/metrics")
-    check_logs(report, logs.text.splitlines(), "werkzeug", PER_REQUEST, skip=_skip(url))
-    check_upstream(report, fake, "werkzeug", calls_per_request=1)
-    assert report.mismatches == 0, (report.responses[:5], report.logs[:5], report.upstream[:5])
+    check_nothing_crossed(report, logs.text.splitlines(), fake, url, "werkzeug", PER_REQUEST,
+                          calls_per_request=1)
     check_metrics(metrics, "/work/<tag>")
 
 
@@ -106,7 +98,5 @@ def test_flask_on_gunicorn_threads_keeps_every_trace_apart(tmp_path: Path) -> No
         wait_until(lambda: sum('"logger":"gunicorn.access"' in line and "/work/" in line
                                for line in lines()) == REQUESTS, timeout=30)
         metrics: Scrape = scrape(url + "/metrics")
-    check_logs(report, lines(), "gunicorn", PER_REQUEST, skip=_skip(url))
-    check_upstream(report, fake, "gunicorn", calls_per_request=1)
-    assert report.mismatches == 0, (report.responses[:5], report.logs[:5], report.upstream[:5])
+    check_nothing_crossed(report, lines(), fake, url, "gunicorn", PER_REQUEST, calls_per_request=1)
     check_metrics(metrics, "/work/<tag>")

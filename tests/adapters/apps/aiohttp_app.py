@@ -82,10 +82,12 @@ def create_app() -> web.Application:
 
 
 @contextmanager
-def serving(app: web.Application) -> Iterator[str]:
-    """Serve ``app`` with AppRunner/TCPSite on 127.0.0.1 from a thread with its own loop."""
+def serving(app: web.Application, access_log: bool = False) -> Iterator[str]:
+    """Serve ``app`` with AppRunner/TCPSite on 127.0.0.1 from a thread with its own loop
+    (``access_log``: aiohttp's own access logger on)."""
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    runner = (web.AppRunner(app, shutdown_timeout=2) if access_log
+              else web.AppRunner(app, access_log=None, shutdown_timeout=1))
     ready = threading.Event()
     address: list[str] = []
 
