@@ -74,7 +74,8 @@ def gunicorn(tmp_path: Path) -> Iterator[Gunicorn]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "gunicorn.conf.py"),
              "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--worker-class",
-             "sync", "--graceful-timeout", "2", "tests.reliability.workers_app:app"],
+             "sync", "--graceful-timeout", "2", "--no-control-socket",
+             "tests.reliability.workers_app:app"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Gunicorn(f"http://127.0.0.1:{port}", proc, multiproc, logs)
     try:
