@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,8 +202,8 @@ class Served:
     url: str
     loop: asyncio.AbstractEventLoop
     stop: Callable[[], None]
-    #: tasks still pending in the server loop after the server returned (before the loop
-    #: is torn down: they are cancelled then, so nothing outlives the test)
+    #: tasks still pending in the server loop a second after the server returned (before
+    #: the loop is torn down: they are cancelled then, so nothing outlives the test)
     leftover: list[str] = field(default_factory=list)
 
     def tasks(self) -> set[asyncio.Task[Any]]:
@@ -214,8 +214,23 @@ class Served:
         return asyncio.run_coroutine_threadsafe(others(), self.loop).result(10)
 
 
-def _drain(loop: asyncio.AbstractEventLoop, served: list[Served]) -> None:
-    """Record the tasks left pending, cancel them, close the loop."""
+def _drain(loop: asyncio.AbstractEventLoop, served: list[Served],
+           transports: Callable[[], Iterable[Any]] = tuple) -> None:
+    """Record the tasks still pending a second after the server returned, cancel them, close
+    the loop. The second lets the ``aclose()`` that asyncio itself schedules for a dropped
+    async generator run, as it would in a loop that goes on (``asyncio.run``, ``run_app``).
+
+    ``transports``: the server's connections left; each is aborted first. A connection whose
+    client stopped reading stays ``closing`` for ever (``close()`` waits for its unsent
+    data), and a closed loop would leave its socket to the garbage collector."""
+    import time
+
+    for transport in transports():
+        if transport is not None:
+            transport.abort()
+    deadline = time.monotonic() + 1
+    while asyncio.all_tasks(loop) and time.monotonic() < deadline:
+        loop.run_until_complete(asyncio.sleep(0.01))
     pending = asyncio.all_tasks(loop)
     if served:
         served[0].leftover.extend(repr(task.get_coro()) for task in pending)
@@ -249,7 +264,8 @@ def serve_uvicorn(app: Any, **config: Any) -> Iterator[Served]:
         try:
             loop.run_until_complete(server.serve())
         finally:
-            _drain(loop, served)
+            _drain(loop, served, lambda: [getattr(c, "transport", None)
+                                          for c in server.server_state.connections])
 
     thread = threading.Thread(target=run, name="uvicorn-streams", daemon=True)
 
@@ -282,6 +298,8 @@ def serve_aiohttp(app: Any, shutdown_timeout: float = 1.0) -> Iterator[Served]:
     address: list[str] = []
     served: list[Served] = []
     ready = threading.Event()
+    #: the connections' transports as shutdown begins (aiohttp forgets them as it goes)
+    handlers: list[Any] = []
 
     async def start() -> None:
         await runner.setup()
@@ -298,7 +316,7 @@ def serve_aiohttp(app: Any, shutdown_timeout: float = 1.0) -> Iterator[Served]:
         try:
             loop.run_forever()
         finally:
-            _drain(loop, served)
+            _drain(loop, served, lambda: handlers)
 
     thread = threading.Thread(target=run, name="aiohttp-streams", daemon=True)
     stopped: list[bool] = []
@@ -306,8 +324,13 @@ def serve_aiohttp(app: Any, shutdown_timeout: float = 1.0) -> Iterator[Served]:
     def stop() -> None:
         if not stopped:
             stopped.append(True)
+            async def cleanup() -> None:
+                if runner.server is not None:
+                    handlers.extend(h.transport for h in runner.server.connections)
+                await runner.cleanup()
+
             try:
-                asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+                asyncio.run_coroutine_threadsafe(cleanup(), loop).result(30)
             finally:
                 loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)

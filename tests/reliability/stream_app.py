@@ -44,6 +44,9 @@ class Plan:
     fail_at: int | None = None
     #: the handler's own deadline on the upstream call (seconds)
     deadline: float | None = None
+    #: each token padded to this many characters (a client that stops reading is soon
+    #: behind by more than every buffer on the way holds)
+    pad: int = 0
     release: threading.Event = field(default_factory=threading.Event)
 
 
@@ -62,7 +65,7 @@ async def upstream(plan: Plan) -> AsyncIterator[dict[str, Any]]:
             raise UpstreamBroke(f"the upstream broke at token {k}")
         if plan.trickle_from is not None and k >= plan.trickle_from:
             await anyio.sleep(0.01)
-        yield {"choices": [{"delta": {"content": f"t{k}"}}]}
+        yield {"choices": [{"delta": {"content": f"t{k}".ljust(plan.pad, ".")}}]}
     yield {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": plan.tokens}}
 
 

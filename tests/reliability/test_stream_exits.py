@@ -75,9 +75,14 @@ SCENARIOS = {
     "handler_deadline": Scenario(lambda: Plan(tokens=5, hold_at=0, deadline=0.3),
                                  "read_until_cut", "error", "cancelled"),
 }
-#: open when the server shuts down: cancelled by the server, not left by their client
-SHUTDOWN = Scenario(lambda: Plan(tokens=5, hold_at=1), "read_until_cut", "cancelled",
-                    "cancelled")
+#: open when the server shuts down: cancelled by the server, not left by their client.
+#: ``stalled``: the client stopped reading, so the server is blocked sending to it
+SHUTDOWN = {
+    "shutdown": Scenario(lambda: Plan(tokens=5, hold_at=1), "read_until_cut", "cancelled",
+                         "cancelled"),
+    "shutdown_stalled": Scenario(lambda: Plan(tokens=2000, pad=65536), "stall", "cancelled",
+                                 "cancelled"),
+}
 
 
 @dataclass
@@ -101,8 +106,10 @@ def make_streams(prefix: str, scenarios: dict[str, Scenario], count: int) -> lis
     return streams
 
 
-async def run_client(url: str, stream: Stream, opened: threading.Event | None = None) -> None:
-    """One client, on a connection of its own (closing it is the client leaving)."""
+async def run_client(url: str, stream: Stream, opened: threading.Event | None = None,
+                     stopped: threading.Event | None = None) -> None:
+    """One client, on a connection of its own (closing it is the client leaving). A ``stall``
+    client stops reading after its first event and holds on until ``stopped``."""
     read_timeout = 0.3 if stream.scenario.client == "time_out" else 30
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=read_timeout)
                                  ) as client:
@@ -118,6 +125,10 @@ async def run_client(url: str, stream: Stream, opened: threading.Event | None = 
                         stream.events.append(line)
                         if opened is not None:
                             opened.set()
+                        if stream.scenario.client == "stall":
+                            while stopped is not None and not stopped.is_set():
+                                await asyncio.sleep(0.05)
+                            return
                     if stream.scenario.client == "leave_after_3" and len(stream.events) == 3:
                         return
         except httpx.ReadTimeout:
@@ -211,7 +222,7 @@ def test_every_stream_exit_is_closed_once_with_its_outcome(server: str, metrics_
     logs = LogCapture()
     instrument.configure_logging("INFO", sink=logs)
     streams = make_streams(server, SCENARIOS, EACH)
-    at_shutdown = make_streams(server, {"shutdown": SHUTDOWN}, EACH)
+    at_shutdown = make_streams(server, SHUTDOWN, EACH)
     plans = {s.path.removeprefix("/chat/"): s.plan for s in streams + at_shutdown
              if s.plan is not None}
     threads_before = set(threading.enumerate())
@@ -232,10 +243,11 @@ def test_every_stream_exit_is_closed_once_with_its_outcome(server: str, metrics_
 
         # streams open (one event read each) when the server shuts down
         opened = [threading.Event() for _ in at_shutdown]
+        stopped = threading.Event()
 
         def clients() -> None:
             async def read() -> None:
-                await asyncio.gather(*(run_client(served.url, s, e)
+                await asyncio.gather(*(run_client(served.url, s, e, stopped)
                                        for s, e in zip(at_shutdown, opened, strict=True)))
 
             asyncio.run(read())
@@ -246,6 +258,7 @@ def test_every_stream_exit_is_closed_once_with_its_outcome(server: str, metrics_
             wait_until(lambda: all(e.is_set() for e in opened), timeout=30)
             served.stop()  # graceful: waits 1 s for the streams, then cancels them
         finally:
+            stopped.set()
             for s in at_shutdown:
                 s.release()
             reader.join(timeout=30)

@@ -60,4 +60,8 @@ def create_app(release: Path) -> Flask:
 if "RELIABILITY_LOG_DIR" in os.environ:  # under gunicorn: each worker imports this module
     instrument.configure_logging("INFO", sink=open(  # noqa: SIM115
         Path(os.environ["RELIABILITY_LOG_DIR"]) / f"worker-{os.getpid()}.log", "a", buffering=1))
+    # configured, then configured again (a settings module, then the app's own tuning): the
+    # notice that exemplars are off in this mode must still be said once per worker
+    instrument.configure()
+    instrument.configure(max_label_values=100)
     app = create_app(Path(os.environ["RELIABILITY_RELEASE"]))
