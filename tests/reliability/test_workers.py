@@ -178,8 +178,11 @@ def test_four_workers_count_every_request_and_a_killed_worker_loses_none(tmp_pat
                    not in server.workers(), timeout=30)
         wait_until(lambda: result.victim not in server.live_gauge_pids(), timeout=30)
         got = sum(result.served_by.values())
-        wait_until(lambda: scrape(server.url + "/metrics").value(
-            "http_requests_total", route=ROUTE) == got, timeout=30)
+        try:  # the last responses may be out a moment before their worker counts them
+            wait_until(lambda: scrape(server.url + "/metrics").value(
+                "http_requests_total", route=ROUTE) == got, timeout=30)
+        except AssertionError:
+            pass  # the exact checks below say by how much
         page = scrape(server.url + "/metrics")
         summary = httpx.get(server.url + "/metrics/summary", timeout=10).json()
         openmetrics = httpx.get(server.url + "/metrics", timeout=10, headers={
