@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from collections.abc import Iterable
 from types import SimpleNamespace
 
@@ -46,6 +47,7 @@ def instrument_app(app: web.Application, *, metrics_path: str | None = "/metrics
                            "starts (this one is frozen): call it right after building the app")
     gate = Gate(metrics_path=metrics_path, access_log=access_log, exclude_paths=exclude_paths,
                 registry=registry)
+    stopping = _Stopping()
 
     @web.middleware
     async def instrument_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -68,31 +70,40 @@ def instrument_app(app: web.Application, *, metrics_path: str | None = "/metrics
                 trace_context.reset(token)
         resource = request.match_info.route.resource  # None for the router's 404/405
         obs.set_route(None if resource is None else resource.canonical)
+        stopping.open.add(obs)  # until its task is done (or, without one, the middleware)
         if task := asyncio.current_task():  # aiohttp runs each request in a task of its own
-            task.add_done_callback(lambda _: _abandoned(obs, request))
+            task.add_done_callback(lambda _: _abandoned(obs, request, stopping))
         # In that task the trace stays bound until the task ends (its context is the task's
         # own copy): aiohttp's access line, written after write_eof, carries the trace ID.
         token = obs.enter()
         try:
             return await handler(request)
         except BaseException as exc:
-            if not isinstance(exc, web.HTTPException):  # those are sent as responses
-                if isinstance(exc, asyncio.CancelledError) or _gone(request):
-                    obs.client_disconnected()
-                elif not obs.disconnected:
-                    obs.failed(exc)  # aiohttp answers 500, which goes through the signal
-            if obs.disconnected or obs.status is not None:
+            # an HTTPException is sent as a response; aiohttp answers any other error with a
+            # 500, which goes through the signal
+            if (not isinstance(exc, web.HTTPException)
+                    and not _cut_short(obs, request, exc, stopping) and not obs.disconnected):
+                obs.failed(exc)
+            if obs.disconnected or obs.server_cancelled or obs.status is not None:
                 obs.finish()  # headers already out, or nobody listening: nothing more to send
             raise
         finally:
             if task is None:  # no task of its own: unbind now, or when the body ends (_end)
+                stopping.open.discard(obs)
                 if obs.finished:
                     obs.exit(token)
                 else:
                     request[_TOKEN] = token
 
+    async def shutting_down(app: web.Application) -> None:
+        # aiohttp is about to cancel the handlers still running and close their connections
+        stopping.now = True
+        for obs in list(stopping.open):
+            obs.server_stopping()
+
     app.middlewares.insert(0, instrument_middleware)
-    app.on_response_prepare.append(_on_prepare)
+    app.on_response_prepare.append(functools.partial(_on_prepare, stopping))
+    app.on_shutdown.append(shutting_down)
     app[_INSTRUMENTED] = True
     return app
 
@@ -101,7 +112,35 @@ def _gone(request: web.BaseRequest) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
-async def _on_prepare(request: web.BaseRequest, response: web.StreamResponse) -> None:
+class _Stopping:
+    """Whether the app's shutdown has begun (``on_shutdown``): from then on aiohttp cancels
+    the handlers still running and closes their connections itself. ``open``: the requests
+    whose task has not ended (``set.add``/``discard`` are atomic: no lock)."""
+
+    __slots__ = ("now", "open")
+
+    def __init__(self) -> None:
+        self.now = False
+        self.open: set[ServerRequest] = set()
+
+
+def _cut_short(obs: ServerRequest, request: web.BaseRequest, exc: BaseException,
+               stopping: _Stopping) -> bool:
+    """Tell ``obs`` why its response was cut short, if it was: the server cancelled it (its
+    shutdown, or a cancellation while the client is still there), or the client left.
+    False: not cut short (an error of the app's own)."""
+    cut = isinstance(exc, (asyncio.CancelledError, ConnectionError)) or _gone(request)
+    if cut and stopping.now:
+        obs.cancelled()
+    elif isinstance(exc, ConnectionError) or _gone(request):
+        obs.client_disconnected()
+    elif isinstance(exc, asyncio.CancelledError):
+        obs.cancelled()
+    return cut
+
+
+async def _on_prepare(stopping: _Stopping, request: web.BaseRequest,
+                      response: web.StreamResponse) -> None:
     """Trace headers out, status and content type in, the body's end hooked; once a request."""
     obs = current_request()
     try:
@@ -112,19 +151,20 @@ async def _on_prepare(request: web.BaseRequest, response: web.StreamResponse) ->
         for name, value in obs.response_headers():
             response.headers[name] = value
         obs.response_started(response.status, response.content_type == "text/event-stream")
-        _watch(obs, request, response)
+        _watch(obs, request, response, stopping)
     except Exception as exc:
         _metrics.report_internal_error("aiohttp_prepare", exc)
 
 
-def _watch(obs: ServerRequest, request: web.BaseRequest, response: web.StreamResponse) -> None:
+def _watch(obs: ServerRequest, request: web.BaseRequest, response: web.StreamResponse,
+           stopping: _Stopping) -> None:
     write, write_eof = response.write, response.write_eof  # shadowed on this instance only
 
     async def tracked_write(data: bytes | bytearray | memoryview) -> None:
         try:
             await write(data)
-        except ConnectionError:
-            obs.client_disconnected()
+        except ConnectionError as exc:
+            _cut_short(obs, request, exc, stopping)
             raise
         obs.body_sent(data)
 
@@ -133,9 +173,7 @@ def _watch(obs: ServerRequest, request: web.BaseRequest, response: web.StreamRes
             await write_eof(data)
             obs.body_sent(data)
         except BaseException as exc:
-            if isinstance(exc, (ConnectionError, asyncio.CancelledError)):
-                obs.client_disconnected()
-            else:
+            if not _cut_short(obs, request, exc, stopping):
                 obs.failed(exc)
             raise
         finally:
@@ -155,8 +193,11 @@ def _end(obs: ServerRequest, request: web.BaseRequest) -> None:
         obs.exit(token)
 
 
-def _abandoned(obs: ServerRequest, request: web.BaseRequest) -> None:
-    """The request's task is done: a response that never completed (prepare failed) ends here."""
+def _abandoned(obs: ServerRequest, request: web.BaseRequest, stopping: _Stopping) -> None:
+    """The request's task is done: a response that never completed (prepare failed) ends here,
+    and so does a ``@track_sse`` stream its handler dropped mid-send."""
+    stopping.open.discard(obs)
+    obs.end_streams()
     if not obs.finished:
         if _gone(request):
             obs.client_disconnected()

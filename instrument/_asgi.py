@@ -116,12 +116,17 @@ class ASGIMiddleware:
         try:
             await self.app(scope, receive_observed, send_observed)
         except BaseException as exc:
-            if not (isinstance(exc, self.disconnect_errors) or status_of(exc) == "cancelled"):
+            if isinstance(exc, self.disconnect_errors):
+                if not complete:
+                    req.client_disconnected()
+            elif status_of(exc) == "cancelled":
+                if not complete:  # uvicorn's shutdown; Hypercorn's when the client left unheard
+                    req.cancelled()
+            else:
                 req.failed(exc)
-            elif not complete:  # e.g. Hypercorn cancels the app when the client leaves
-                req.client_disconnected()
             raise
         finally:
+            req.end_streams()  # the app is done: nothing more can be sent
             if not req.finished:
                 if req.route is None:  # no response (cancelled, or the app sent none)
                     self._resolve(req, scope, root)

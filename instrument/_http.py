@@ -41,6 +41,10 @@ class StreamObserver(Protocol):
 
     def client_disconnected(self) -> None: ...
 
+    def server_cancelled(self) -> None: ...
+
+    def abandoned(self) -> None: ...
+
 
 Extract = Callable[[Any], tuple[str | None, str | None, bool]]
 #: the client's address: ASGI's (host, port), a formatted string, or None (not known)
@@ -60,8 +64,8 @@ class ServerRequest:
 
     __slots__ = ("_fallback", "_sse_start", "_w3c", "access_log", "bytes_sent", "client",
                  "disconnected", "error", "finished", "method", "metrics", "path", "route",
-                 "series", "span_id", "sse", "start", "status", "streams", "trace_id",
-                 "tracestate")
+                 "series", "server_cancelled", "span_id", "sse", "start", "status", "streams",
+                 "trace_id", "tracestate")
 
     def __init__(self, method: str, path: str, headers: Any, client: Client = None,
                  access_log: bool = True, metrics: _metrics.Metrics | None = None,
@@ -96,6 +100,7 @@ class ServerRequest:
         self.sse = False
         self.streams: list[StreamObserver] | None = None  # most requests have none
         self.disconnected = False
+        self.server_cancelled = False
         self.error: BaseException | None = None
         self.finished = False
         self.series: Series | None = None  # bound once routed (see set_route)
@@ -149,6 +154,8 @@ class ServerRequest:
         self.streams.append(stream)
         if self.disconnected:
             stream.client_disconnected()
+        elif self.server_cancelled:
+            stream.server_cancelled()
 
     def response_started(self, status: int, sse: bool = False) -> None:
         """The status line is out; ``sse`` for a ``text/event-stream`` body."""
@@ -191,6 +198,34 @@ class ServerRequest:
                 except Exception as exc:
                     _metrics.report_internal_error("sse_disconnect", exc)
 
+    def cancelled(self) -> None:
+        """The server cancelled the request (shutting down, say) with no sign that the client
+        left: counted like a hang-up (499, or an event stream's sent status), but its streams
+        end ``cancelled``, not ``client_disconnect``."""
+        if not (self.server_cancelled or self.disconnected):
+            self.server_cancelled = True
+            self.server_stopping()
+
+    def server_stopping(self) -> None:
+        """The server has begun cutting its responses short (its shutdown): tell the streams,
+        so one its consumer drops from now on ends ``cancelled``. The request itself is
+        recorded as it ends."""
+        for stream in self.streams or ():
+            try:
+                stream.server_cancelled()
+            except Exception as exc:
+                _metrics.report_internal_error("sse_cancel", exc)
+
+    def end_streams(self) -> None:
+        """The response is over (the app returned or its task ended): a ``@track_sse`` stream
+        still open can send nothing more (its body was dropped mid-send), so it ends now, not
+        whenever it is collected. Its own end, if it came first, stands."""
+        for stream in self.streams or ():
+            try:
+                stream.abandoned()
+            except Exception as exc:
+                _metrics.report_internal_error("sse_abandoned", exc)
+
     def failed(self, exc: BaseException) -> None:
         self.error = exc
         if self.finished and not self.disconnected:
@@ -222,7 +257,8 @@ class ServerRequest:
             route = self.route or UNMATCHED
             series = self.series or served.series(self.method, route)  # routed, or not
             status = self.status
-            if self.disconnected and (status is None or not self.sse):
+            if (self.disconnected or self.server_cancelled) and (status is None
+                                                                  or not self.sse):
                 status = CLIENT_CLOSED
             elif status is None:
                 status = 500
@@ -247,6 +283,8 @@ class ServerRequest:
             stream.end(CANCELLED, None)
         elif self.error is not None:
             stream.end(ERROR, self.error)
+        elif self.server_cancelled:
+            stream.end(CANCELLED, None)
         else:
             stream.end(OK, None)
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from instrument import _metrics
 from instrument._context import current_request
 from instrument._engine import (
+    CANCELLED,
     CLOSED,
     ERROR,
     OK,
@@ -58,7 +59,7 @@ def is_heartbeat(item: Any) -> bool:
 class SSEStream(TracedObserver):
     """One server-sent-events stream, from the generator call to its end."""
 
-    __slots__ = ("__weakref__", "disconnected", "endpoint", "events", "first_event_at",
+    __slots__ = ("__weakref__", "cut", "disconnected", "endpoint", "events", "first_event_at",
                  "heartbeat_item", "heartbeats")
 
     def __init__(self, metrics: _metrics.Metrics, endpoint: str, heartbeat_item: Any,
@@ -71,6 +72,7 @@ class SSEStream(TracedObserver):
         self.heartbeats = 0
         self.first_event_at = 0.0
         self.disconnected = False
+        self.cut = False
         metrics.sse_connections.child(endpoint).inc()
         metrics.sse_active.child(endpoint).inc()
         if attach and (request := current_request()) is not None:
@@ -79,6 +81,15 @@ class SSEStream(TracedObserver):
     def client_disconnected(self) -> None:
         """Told by a server adapter: the client left, so a coming cancellation is a disconnect."""
         self.disconnected = True
+
+    def server_cancelled(self) -> None:
+        """Told by a server adapter: the server is cutting the response short (its shutdown),
+        so a stream its consumer now drops was cancelled, not left by its client."""
+        self.cut = True
+
+    def abandoned(self) -> None:
+        """Told by a server adapter: the response is over, so this stream is too (once)."""
+        self.finish(CANCELLED, None)
 
     def item(self, value: Any) -> Any:
         if is_heartbeat(value):
@@ -100,6 +111,8 @@ class SSEStream(TracedObserver):
             label = "error"
         elif self.disconnected:
             label = "client_disconnect"
+        elif self.cut:
+            label = "cancelled"  # the server cut it short, with the client still there
         elif outcome == CLOSED and (self.events or self.heartbeats):
             label = "client_disconnect"  # the consumer stopped reading half-way
         else:

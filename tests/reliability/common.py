@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,3 +192,155 @@ def check_nothing_crossed(report: Report, lines: list[str], fake: FakeLLM, url: 
     check_logs(report, lines, framework, per_request, skip=not_the_requests_lines(url))
     check_upstream(report, fake, framework, calls_per_request=calls_per_request)
     assert report.mismatches == 0, (report.responses[:5], report.logs[:5], report.upstream[:5])
+
+
+@dataclass
+class Served:
+    """A server run from a thread with a loop of the test's own: the loop is reachable while
+    it serves, and what was still pending once the server had stopped is kept."""
+
+    url: str
+    loop: asyncio.AbstractEventLoop
+    stop: Callable[[], None]
+    #: tasks still pending in the server loop a second after the server returned (before
+    #: the loop is torn down: they are cancelled then, so nothing outlives the test)
+    leftover: list[str] = field(default_factory=list)
+
+    def tasks(self) -> set[asyncio.Task[Any]]:
+        """The server loop's tasks now, but for the one asking."""
+        async def others() -> set[asyncio.Task[Any]]:
+            return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[misc]
+
+        return asyncio.run_coroutine_threadsafe(others(), self.loop).result(10)
+
+
+def _drain(loop: asyncio.AbstractEventLoop, served: list[Served],
+           transports: Callable[[], Iterable[Any]] = tuple) -> None:
+    """Record the tasks still pending a second after the server returned, cancel them, close
+    the loop. The second lets the ``aclose()`` that asyncio itself schedules for a dropped
+    async generator run, as it would in a loop that goes on (``asyncio.run``, ``run_app``).
+
+    ``transports``: the server's connections left; each is aborted first. A connection whose
+    client stopped reading stays ``closing`` for ever (``close()`` waits for its unsent
+    data), and a closed loop would leave its socket to the garbage collector."""
+    import time
+
+    for transport in transports():
+        if transport is not None:
+            transport.abort()
+    deadline = time.monotonic() + 1
+    while asyncio.all_tasks(loop) and time.monotonic() < deadline:
+        loop.run_until_complete(asyncio.sleep(0.01))
+    pending = asyncio.all_tasks(loop)
+    if served:
+        served[0].leftover.extend(repr(task.get_coro()) for task in pending)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.run_until_complete(loop.shutdown_default_executor())
+    loop.close()
+
+
+@contextmanager
+def serve_uvicorn(app: Any, **config: Any) -> Iterator[Served]:
+    """``app`` on uvicorn on 127.0.0.1, in a thread with its own loop. ``stop()`` is uvicorn's
+    graceful shutdown (``should_exit``, then ``timeout_graceful_shutdown``); called on the
+    way out too, pass or fail, and the thread joined."""
+    import threading
+
+    import uvicorn
+
+    from tests.helpers import free_port, wait_until
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
+                                           log_config=None, loop="asyncio", **config))
+    loop = asyncio.new_event_loop()
+    served: list[Served] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.serve())
+        finally:
+            _drain(loop, served, lambda: [getattr(c, "transport", None)
+                                          for c in server.server_state.connections])
+
+    thread = threading.Thread(target=run, name="uvicorn-streams", daemon=True)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), timeout=10)
+        assert server.started, "uvicorn did not start"
+        served.append(Served(f"http://127.0.0.1:{server.config.port}", loop, stop))
+        yield served[0]
+    finally:
+        stop()
+
+
+@contextmanager
+def serve_aiohttp(app: Any, shutdown_timeout: float = 1.0) -> Iterator[Served]:
+    """``app`` on aiohttp's own server (AppRunner, TCPSite) in a thread with its own loop.
+    ``stop()`` is ``runner.cleanup()``: aiohttp's graceful shutdown, handlers still running
+    after ``shutdown_timeout`` cancelled; called on the way out too, pass or fail."""
+    import threading
+
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    address: list[str] = []
+    served: list[Served] = []
+    ready = threading.Event()
+    #: the connections' transports as shutdown begins (aiohttp forgets them as it goes)
+    handlers: list[Any] = []
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        address.append(f"http://{host}:{port}")
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        finally:
+            ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            _drain(loop, served, lambda: handlers)
+
+    thread = threading.Thread(target=run, name="aiohttp-streams", daemon=True)
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(True)
+            async def cleanup() -> None:
+                if runner.server is not None:
+                    handlers.extend(h.transport for h in runner.server.connections)
+                await runner.cleanup()
+
+            try:
+                asyncio.run_coroutine_threadsafe(cleanup(), loop).result(30)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the aiohttp server did not stop"
+
+    thread.start()
+    ready.wait(10)
+    try:
+        assert address, "the aiohttp server did not start"
+        served.append(Served(address[0], loop, stop))
+        yield served[0]
+    finally:
+        stop()
