@@ -82,7 +82,7 @@ def start_gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "gunicorn.conf.py"),
                  "--bind", f"127.0.0.1:{port}", "--pythonpath", f"{tmp_path},{ROOT}",
-                 *worker_args, "gunicorn_flask_app:app"],
+                 "--no-control-socket", *worker_args, "gunicorn_flask_app:app"],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         started.append(proc)

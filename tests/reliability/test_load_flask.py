@@ -68,6 +68,7 @@ def gunicorn(tmp_path: Path, upstream: str, log: Path) -> Iterator[str]:
             [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "gunicorn.conf.py"),
              "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
              "--threads", "16", "--keep-alive", "60", "--access-logfile", "/dev/null",
+             "--no-control-socket",
              "tests.reliability.flask_work:app"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
