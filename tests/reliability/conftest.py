@@ -5,8 +5,9 @@ What is collected, per test (``planted.COLLECTED``, keyed by the test's node ID)
 
 - every text any ``configure_logging`` sink is handed (both modes: written in the logging
   call or by the queue's writer thread), teed where the sink writes;
-- everything written to ``sys.stderr`` while the test runs (the toolkit's one-line
-  reports of internal errors go there, and loguru's own error dumps);
+- what pytest captured of the test's stdout and stderr, its subprocesses' included (the
+  toolkit's one-line reports of internal errors go to stderr, and loguru's own error
+  dumps); a test that reads its output with ``capsys`` adds it itself;
 - every ``/metrics`` page a test parses (``tests.helpers.Scrape``);
 - at the end of each test, its registry as ``/metrics`` and ``/metrics/summary`` would
   show it.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,24 +48,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 LAST = "test_zz_no_planted_secret_in_the_whole_run"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """Each phase's captured output joins the collection (under the test that wrote it)."""
+    report: Any = yield
+    if item.nodeid.startswith("tests/reliability/"):
+        for _title, text in report.sections:
+            COLLECTED.add(text, item.nodeid)
+    return report  # type: ignore[no-any-return]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The search of the whole run's lines runs after every other test."""
     last = [item for item in items if item.name == LAST]
     items[:] = [item for item in items if item.name != LAST] + last
-
-
-class _Tee:
-    """``sys.stderr`` as it was, with a copy of every write collected."""
-
-    def __init__(self, stream: Any, where: str) -> None:
-        self._stream, self._where = stream, where
-
-    def write(self, text: str) -> int:
-        COLLECTED.add(text, self._where)
-        return int(self._stream.write(text) or 0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +93,6 @@ def _collect_everything(request: pytest.FixtureRequest, registry: CollectorRegis
 
     monkeypatch.setattr(_logging._Sink, "__init__", teed_init)
     monkeypatch.setattr(helpers.Scrape, "__init__", teed_scrape)
-    monkeypatch.setattr(sys, "stderr", _Tee(sys.stderr, where))
     yield
     try:
         COLLECTED.add(generate_latest(registry).decode(), where)
