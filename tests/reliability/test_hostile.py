@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import random
 import re
 import socket
@@ -51,7 +52,9 @@ from instrument._propagation import (
 from tests.conftest import LogCapture
 from tests.helpers import Scrape, scrape, serve_asgi, wait_until
 
-pytestmark = [pytest.mark.timeout(300)]
+# the slow profile's 10,000 examples a property take minutes each
+pytestmark = [pytest.mark.timeout(3600 if os.environ.get("HYPOTHESIS_PROFILE") == "slow"
+                                  else 300)]
 
 #: the documented charset and length of an accepted trace ID (docs/adapters.md)
 ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
