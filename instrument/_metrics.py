@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
 from instrument._context import trace_context
 from instrument._loggate import emit, log_enabled
+from instrument._redact import scrub
 from instrument._served import Series, ServedRequests, TraceCount
 
 DEFAULT_MAX_LABEL_VALUES = 100
@@ -482,12 +483,19 @@ def report_internal_error(where: str, exc: BaseException, *, via_logger: bool = 
             _reported.add(where)
             sys.stderr.write(json.dumps({
                 "level": "ERROR", "event": "instrument_internal_error", "where": where,
-                "error_type": type(exc).__name__, "error": str(exc)[:200],
+                "error_type": type(exc).__name__, "error": scrub(_text_of(exc))[:200],
                 "message": f"instrument: internal error in {where} (swallowed; the application "
                            "is unaffected)"}, ensure_ascii=True) + "\n")
             sys.stderr.flush()
     except Exception:
         pass
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<str() failed: {type(exc).__name__}>"
 
 
 def _say_once(key: str, message: str) -> None:

@@ -224,3 +224,22 @@ def test_the_collection_sees_a_leak() -> None:
     logger.info("free text is not redacted: " + CANARY)
     where = COLLECTED.current
     assert any(CANARY in text for text in COLLECTED.lines[where])
+
+
+def test_a_failing_sinks_own_secret_stays_out_of_its_report(
+        capsys: pytest.CaptureFixture[str], expect_internal_errors: None) -> None:
+    """A log shipper failing with its ingest URL (token in the query) in the exception: the
+    one-line report on stderr names the error, scrubbed."""
+
+    def shipper(line: str) -> None:
+        raise ConnectionError(f"POST https://logs.example/ingest?token={P['client_query']} "
+                              f"refused with Authorization: Bearer {P['bearer']}")
+
+    instrument.configure_logging("INFO", sink=shipper)
+    logger.info("hello")
+    err = capsys.readouterr().err
+    COLLECTED.add(err)
+    (report,) = [json.loads(line) for line in err.splitlines() if "log_sink" in line]
+    assert report["error_type"] == "ConnectionError"
+    assert "token=[REDACTED]" in report["error"]
+    assert leaks_in(err) == []
