@@ -6,6 +6,7 @@ standalone ``start_http_server`` and every adapter serve its output.
 
 from __future__ import annotations
 
+import errno
 import json
 import ssl
 import threading
@@ -184,7 +185,15 @@ def start_http_server(port: int, addr: str = "0.0.0.0",
 
     infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     Server.address_family = infos[0][0]
-    httpd = make_server(addr, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    try:
+        httpd = make_server(addr, port, make_wsgi_app(registry), Server,
+                            handler_class=_QuietHandler)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise OSError(exc.errno, f"cannot serve metrics on {addr}:{port}: the address is "
+                      "already in use (another server holds the port): pass another port, "
+                      "or port=0 to pick a free one") from exc
     if certfile and keyfile:
         context = ssl.SSLContext(protocol)
         if tls_min_version is not None:

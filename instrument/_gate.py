@@ -62,7 +62,14 @@ class Gate:
         if isinstance(exclude_paths, (str, bytes)):
             raise TypeError(f"exclude_paths must be a list of paths, not one string: write "
                             f"exclude_paths=[{exclude_paths!r}]")
-        excluded = tuple(exclude_paths)
+        try:
+            excluded = tuple(exclude_paths)
+        except TypeError:
+            raise TypeError(f"exclude_paths must be a list of paths, got "
+                            f"{type(exclude_paths).__name__}") from None
+        if registry is not None and not isinstance(registry, CollectorRegistry):
+            raise ValueError(f"registry must be a prometheus_client CollectorRegistry, got "
+                             f"{type(registry).__name__}")
         for entry in excluded:
             if not isinstance(entry, str) or not entry.startswith("/"):
                 raise ValueError(f"exclude_paths entries are paths starting with '/' (a prefix "

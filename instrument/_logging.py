@@ -344,9 +344,16 @@ def configure_logging(level: str | int = "INFO", *, json: bool = True,
     ``intercept_stdlib`` is False, and returns the loguru handler ID.
     """
     global _sink_id, _sink
+    # every argument checked before anything changes: a refused call keeps the sink in place
     if isinstance(level, str):
         level = level.upper()
         logger.level(level)  # raises ValueError now for an unknown level name
+    elif isinstance(level, bool) or not isinstance(level, int):
+        raise TypeError(f"level must be a level name such as 'INFO' or a number >= 0, got "
+                        f"{level!r}")
+    elif level < 0:
+        raise ValueError(f"level must be a level name such as 'INFO' or a number >= 0, got "
+                         f"{level!r}")
     if (not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 0):
         raise ValueError(f"queue_size must be an integer >= 0, got {queue_size!r}")
     if not (hasattr(sink, "write") or callable(sink)):

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from bisect import bisect_left
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector
 from instrument._catalog import CATALOG, EXEMPLAR_INTERVAL, MAX_EXEMPLAR_ID, MetricSpec
 from instrument._context import trace_context
 from instrument._loggate import emit, log_enabled
+from instrument._redact import scrub
 from instrument._served import Series, ServedRequests, TraceCount
 
 DEFAULT_MAX_LABEL_VALUES = 100
@@ -45,6 +47,19 @@ def multiprocess_dir() -> str | None:
     # prometheus-client still honours the deprecated lowercase spelling
     return (os.environ.get("PROMETHEUS_MULTIPROC_DIR")
             or os.environ.get("prometheus_multiproc_dir"))  # noqa: SIM112
+
+
+def _check_multiprocess_dir(path: str) -> None:
+    """Refuse a multiprocess directory no worker can write its files to, saying what to do
+    (prometheus-client would fail later, naming only one of its files)."""
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"PROMETHEUS_MULTIPROC_DIR is {path!r}, which is not a writable directory "
+            f"({exc.strerror or exc}): create it, empty, before the workers start and let them "
+            "write to it, or unset the variable for single-process metrics") from None
 
 
 def gunicorn_child_exit(server: Any, worker: Any) -> None:
@@ -167,7 +182,10 @@ class Metrics:
         self.registry = registry
         self.namespace = namespace
         self.max_label_values = max_label_values
-        self.multiprocess = multiprocess_dir() is not None
+        path = multiprocess_dir()
+        self.multiprocess = path is not None
+        if path is not None:
+            _check_multiprocess_dir(path)
         self.created = time.time()
         self._warned: set[tuple[str, str]] = set()
         self._registered: list[Any] = []
@@ -465,12 +483,19 @@ def report_internal_error(where: str, exc: BaseException, *, via_logger: bool = 
             _reported.add(where)
             sys.stderr.write(json.dumps({
                 "level": "ERROR", "event": "instrument_internal_error", "where": where,
-                "error_type": type(exc).__name__, "error": str(exc)[:200],
+                "error_type": type(exc).__name__, "error": scrub(_text_of(exc))[:200],
                 "message": f"instrument: internal error in {where} (swallowed; the application "
                            "is unaffected)"}, ensure_ascii=True) + "\n")
             sys.stderr.flush()
     except Exception:
         pass
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<str() failed: {type(exc).__name__}>"
 
 
 def _say_once(key: str, message: str) -> None:

@@ -89,11 +89,12 @@ class Price:
             value = getattr(self, name)
             if value is None and name not in ("input", "output"):
                 continue
-            # bool is an int subclass; True as a price is a config mistake.
+            # bool is an int subclass; True as a price is a config mistake; an int too
+            # large for a float (1e400 written out) is no finite price either.
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
-                or not math.isfinite(value)
+                or not _finite(value)
                 or value < 0
             ):
                 raise ValueError(
@@ -115,6 +116,13 @@ class Price:
     def cache_write_1h_rate(self) -> float:
         """The rate for 1-hour cache writes, falling back to ``cache_write_rate``."""
         return self.cache_write_rate if self.cache_write_1h is None else self.cache_write_1h
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def cost_usd(
@@ -316,7 +324,7 @@ def _read_json(path: str | os.PathLike[str], origin: str) -> object:
             return json.load(handle)
     except OSError as exc:
         raise ValueError(f"cannot read {origin}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer past Python's digit limit
         raise ValueError(f"{origin} is not valid JSON: {exc}") from exc
 
 

@@ -91,11 +91,17 @@ def redact(value: Any, _depth: int = 0) -> Any:
 
 _NAME = r"[A-Za-z0-9_.\-]{1,64}"
 _VALUE = r"(?:(?:Bearer|Basic)\s+)?[^\s&#;,'\"<>()\[\]{}]+"
+# a quoted string as a repr or JSON writes it, to its closing quote (escapes included)
+_QUOTED = r"'(?:\\.|[^'\\\n])*'" + r'|"(?:\\.|[^"\\\n])*"'
 _TEXT = re.compile(
     # a provider key shape anywhere: OpenAI's sk-..., sk-proj-..., Anthropic's sk-ant-...
     r"(?P<key>\bsk-[A-Za-z0-9_\-]{8,})"
     # an HTTP credential: Authorization: Bearer <token>
     r"|(?P<scheme>\b(?:[Bb]earer|BEARER|[Bb]asic|BASIC)\s+)[A-Za-z0-9._~+/\-]{8,}=*"
+    # a header pair's repr, str or bytes: ('x-api-key', '...'), (b'cookie', b'...')
+    rf"|\(\s*b?(?P<pq>['\"])(?P<pname>{_NAME})(?P=pq)\s*,\s*b?(?P<pvalue>{_QUOTED})"
+    # 'name': 'value' with a quoted value (reprs, JSON): redacted to its closing quote
+    rf"|(?<![A-Za-z0-9_.\-])(?P<qname>{_NAME})['\"]\s*:\s*(?P<qvalue>{_QUOTED})"
     # name=value (query strings, key=value prose) and 'name': 'value' (reprs, JSON)
     rf"|(?<![A-Za-z0-9_.\-])(?P<name>{_NAME})(?P<sep>=|(?P<q>['\"])\s*:\s*(?P=q)?)"
     rf"(?P<value>{_VALUE})"
@@ -107,6 +113,12 @@ def _replace(match: re.Match[str]) -> str:
         return REDACTED
     if match["scheme"] is not None:
         return match["scheme"] + REDACTED
+    for name, value in (("pname", "pvalue"), ("qname", "qvalue")):
+        if match[name] is not None:  # a quoted value: all of it, or what is secret inside it
+            quoted = match[value]
+            inner = REDACTED if is_secret_key(match[name]) else scrub(quoted[1:-1])
+            start = match.start(value) - match.start()
+            return match.group(0)[:start] + quoted[0] + inner + quoted[0]
     if is_secret_key(match["name"]):
         return match["name"] + match["sep"] + REDACTED
     return match.group(0)
@@ -115,7 +127,8 @@ def _replace(match: re.Match[str]) -> str:
 def needs_scrub(text: str) -> bool:
     """A quick look for anything ``scrub`` would replace (most lines have none)."""
     return ("=" in text or "sk-" in text or "earer " in text or "asic " in text
-            or "':" in text or '":' in text or "EARER " in text or "ASIC " in text)
+            or "':" in text or '":' in text or "EARER " in text or "ASIC " in text
+            or "', " in text or '", ' in text)
 
 
 def scrub(text: str) -> str:

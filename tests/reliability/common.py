@@ -14,6 +14,7 @@ import httpx
 
 from tests.fakes.llm_server import FakeLLM
 from tests.helpers import Scrape, serve_asgi
+from tests.reliability import planted
 
 REQUESTS = 1000
 CONCURRENCY = 100
@@ -69,7 +70,8 @@ class Report:
 def fire(base_url: str, framework: str, path: Callable[[int], str] = lambda i: f"/work/{marker(i)}",
          n: int = REQUESTS, concurrency: int = CONCURRENCY) -> Report:
     """``n`` GETs, ``concurrency`` at a time, each with its own X-Trace-ID; the response's
-    body and header must both be that ID."""
+    body and header must both be that ID. Each also carries the planted secrets (headers and
+    query string, ``planted``) and the canary, for the search of the whole run's lines."""
     report = Report()
 
     async def main() -> None:
@@ -80,7 +82,9 @@ def fire(base_url: str, framework: str, path: Callable[[int], str] = lambda i: f
             async def one(i: int) -> None:
                 sent = trace_id(framework, i)
                 async with gate:
-                    response = await client.get(path(i), headers={"X-Trace-ID": sent})
+                    response = await client.get(
+                        path(i), headers={"X-Trace-ID": sent, **planted.request_headers()},
+                        params={**planted.request_params(), "note": planted.CANARY})
                 if (response.status_code, response.text, response.headers.get("x-trace-id")) \
                         != (200, sent, sent):
                     report.responses.append(f"{sent}: {response.status_code} "
