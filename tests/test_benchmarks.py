@@ -106,13 +106,14 @@ def test_the_instruction_count_child_serves_each_variant_and_its_total_is_read()
     """What callgrind runs must work for every variant (callgrind itself is too slow here)."""
     from benchmarks import instructions
 
-    for framework in instructions.FRAMEWORKS:
-        for variant in instructions.VARIANTS:
-            out = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child",
-                                  framework, variant, "5"], cwd=ROOT, capture_output=True,
-                                 text=True, timeout=120)
-            assert out.returncode == 0, out.stderr[-2000:]
-            assert out.stderr == ""
+    cases = [(f, v) for f in instructions.FRAMEWORKS for v in instructions.VARIANTS]
+    cases += [(c, v) for c, variants in instructions.CALLS.items() for v in variants]
+    for case, variant in cases:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child",
+                              case, variant, "5"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stderr == ""
     assert instructions.parse_total("==1== Events    : Ir\n==1== Collected : 12345\n") == 12345
     with pytest.raises(RuntimeError, match="no callgrind total"):
         instructions.parse_total("valgrind: not found")
