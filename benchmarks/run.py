@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ def main() -> None:
         start = time.perf_counter()
         results[case.name] = case.run(args.quick)
         seconds[case.name] = time.perf_counter() - start
+        if not args.quick:  # progress (stderr stays empty in CI's quick run)
+            print(f"{case.name}: {seconds[case.name]:.0f} s", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
