@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-instructions prometheus clean
+.PHONY: demo test lint bench bench-instructions bench-tools prometheus clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,12 +29,35 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check instrument adapters tests examples benchmarks
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
-	$(PY) -m benchmarks.run
+# make bench: every benchmark, with wrk and valgrind from Debian, uvloop/httptools (the bench
+# extra) and the LLM-layer peers in their own venv; writes benchmarks/RESULTS.md.
+PEERS       := .venv-peers
+BENCH_STAMP := $(VENV)/.bench-installed
 
-bench-instructions: $(STAMP)
-	command -v valgrind >/dev/null || (apt-get update && apt-get install -y valgrind)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# OpenLIT and OpenLLMetry pin OpenTelemetry packages the dev extra cannot share
+$(PEERS)/.installed: pyproject.toml benchmarks/peers-constraints.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -e '.[openai]' openlit traceloop-sdk \
+	  -c benchmarks/peers-constraints.txt
+	touch $(PEERS)/.installed
+
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 && command -v valgrind >/dev/null 2>&1 || \
+	  { echo "installing Debian's wrk and valgrind for the benchmarks"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk valgrind >/dev/null; }
+
+bench: $(BENCH_STAMP) $(PEERS)/.installed bench-tools
+	$(PY) -m benchmarks.run --results benchmarks/RESULTS.md
+
+bench-instructions: $(STAMP) bench-tools
 	$(PY) -m benchmarks.instructions
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(PEERS) build dist *.egg-info

@@ -6,6 +6,9 @@ twice, for N and for 2N in-process requests after the same warm-up; the differen
 over N is what one request costs, start-up and warm-up cancelled out. Access logs off,
 logging as a fresh process has it (``benchmarks.adapters._logging_for("bare")``).
 
+The decorated call and the openai SDK call (bare, ours, by hand) are counted the same way,
+per call.
+
     python -m benchmarks.instructions [--quick]      (make bench-instructions)
 """
 
@@ -52,6 +55,38 @@ def _app(framework: str, variant: str) -> Any:
     return app
 
 
+#: calls, not requests: the decorator (benchmarks/decorators.py) and the openai SDK call
+#: (benchmarks/sdk.py), each variant against the bare call
+CALLS = {"decorator": ("bare", "hand", "decorated"),
+         "sdk": ("bare", "instrument_openai", "track_provider", "hand")}
+
+
+def call_child(case: str, variant: str, n: int) -> None:
+    """Make 200 warm-up calls, then ``n``."""
+    import instrument
+    from benchmarks import decorators, sdk
+
+    with instrument.use_trace_id(decorators.TRACE):
+        if case == "decorator":
+            bare, hand, decorated = decorators._setup()
+            fn = {"bare": bare, "hand": hand, "decorated": decorated}[variant]
+            for i in range(200 + n):
+                fn(i)
+            return
+        from prometheus_client import CollectorRegistry
+
+        instrument.configure(registry=CollectorRegistry())
+        decorators._fresh_logging()
+        from instrument import _pricing
+
+        no_otel = sdk.Otel.__new__(sdk.Otel)
+        no_otel.instrumentor = None
+        plain = sdk._variants(no_otel)[variant][0]
+        _pricing.use_genai_prices(False)  # the shipped table, as sdk.py's instrument_openai
+        for _ in range(200 + n):
+            plain()
+
+
 def child(framework: str, variant: str, n: int) -> None:
     """Serve 200 warm-up requests, then ``n`` (what callgrind counts the difference of)."""
     from prometheus_client import CollectorRegistry
@@ -96,6 +131,10 @@ def per_request(framework: str, variant: str, n: int) -> float:
 def main(quick: bool = False) -> dict[str, dict[str, float]]:
     n = 100 if quick else 1000
     results: dict[str, dict[str, float]] = {}
+    for case, variants in CALLS.items():
+        per = {v: per_request(case, v, n // 5 if case == "sdk" else n) for v in variants}
+        results[case] = {f"{v}_instructions": per[v] for v in variants}
+        results[case].update({f"{v}_added": per[v] - per["bare"] for v in variants[1:]})
     for framework in FRAMEWORKS:
         per = {variant: per_request(framework, variant, n) for variant in VARIANTS}
         bare = per["bare"]
@@ -110,6 +149,10 @@ def main(quick: bool = False) -> dict[str, dict[str, float]]:
 
 def report(results: dict[str, dict[str, float]]) -> str:
     lines = ["instructions per request (callgrind; access log off; what each adds to the bare app)"]
+    for case, variants in CALLS.items():
+        r = results[case]
+        lines.append(f"  {case} call: bare {r['bare_instructions']:,.0f}; added: " + ", ".join(
+            f"{v} {r[f'{v}_added']:,.0f}" for v in variants[1:]))
     for framework, alternative in FRAMEWORKS.items():
         r = results[framework]
         lines.append(
@@ -121,7 +164,9 @@ def report(results: dict[str, dict[str, float]]) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
+    if sys.argv[1:2] == ["--child"] and sys.argv[2] in CALLS:
+        call_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind): no instruction counts")

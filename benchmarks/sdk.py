@@ -11,6 +11,9 @@ headers), so the figures are the SDK's own cost plus what each observer adds:
 - ``instrument_openai_genai_prices``: the same, priced by ``genai-prices`` (when installed);
 - ``track_provider``: ``@track_provider`` around a function making the bare call (for
   the stream, a generator yielding the SDK's chunks);
+- ``hand``: prometheus-client written by hand around the bare call: in-flight gauge,
+  requests by status, a duration histogram and input/output token counters from the
+  response's ``usage`` (the stream's last chunk), each through ``labels()``;
 - ``otel``: ``OpenAIInstrumentor`` of ``opentelemetry-instrumentation-genai-openai``
   (or its predecessor ``-openai-v2``), with the OpenTelemetry SDK's tracer provider
   exporting spans to a null exporter and a meter provider with an in-memory reader
@@ -167,16 +170,60 @@ def _variants(otel: Otel) -> dict[str, tuple[Callable[[], Any], Callable[[], Any
         for _ in decorated_stream():
             pass
 
+    hand_plain, hand_stream = _by_hand(create, stream_options)
+
     found: dict[str, tuple[Callable[[], Any], Callable[[], Any], Any]] = {
         "bare": (*calls(bare), None),
         "instrument_openai": (*calls(ours), "bundled"),
         "track_provider": (decorated, read_decorated, "bundled"),
+        "hand": (hand_plain, hand_stream, None),
     }
     if _pricing.use_genai_prices(True):
         found["instrument_openai_genai_prices"] = (*calls(ours), "genai")
     if otel.instrumentor is not None:
         found["otel"] = (*calls(_client()), otel)
     return found
+
+
+def _by_hand(create: Callable[..., Any], stream_options: dict[str, Any]
+             ) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """The least metrics a careful user writes with prometheus-client around the call."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    registry = CollectorRegistry()
+    inflight = Gauge("hand_inflight", "x", ["provider"], registry=registry)
+    requests = Counter("hand_requests_total", "x", ["provider", "model", "status"],
+                       registry=registry)
+    duration = Histogram("hand_duration_seconds", "x", ["provider", "model"],
+                         registry=registry)
+    tokens = Counter("hand_tokens_total", "x", ["provider", "model", "type"],
+                     registry=registry)
+
+    def observed(call: Callable[[], Any]) -> Any:
+        inflight.labels("openai").inc()
+        start, status = time.perf_counter(), "error"
+        try:
+            usage = call()
+            status = "ok"
+            if usage is not None:
+                tokens.labels("openai", MODEL, "input").inc(usage.prompt_tokens)
+                tokens.labels("openai", MODEL, "output").inc(usage.completion_tokens)
+        finally:
+            inflight.labels("openai").dec()
+            requests.labels("openai", MODEL, status).inc()
+            duration.labels("openai", MODEL).observe(time.perf_counter() - start)
+
+    def plain() -> Any:
+        return observed(lambda: create(model=MODEL, messages=MESSAGES).usage)
+
+    def read() -> Any:
+        usage = None
+        for chunk in create(model=MODEL, messages=MESSAGES, stream=True,
+                            stream_options=stream_options):
+            usage = chunk.usage or usage
+        return usage
+
+    return plain, lambda: observed(read)
 
 
 def _per_call(fn: Callable[[], Any], n: int) -> float:

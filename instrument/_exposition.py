@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 
 from instrument import _metrics
-from instrument._summary import summarize
+from instrument._summary import summarize_registry
 
 JSON = "application/json"
 
@@ -47,7 +47,7 @@ def _sources(registry: CollectorRegistry | None) -> tuple[CollectorRegistry, str
 def metrics_summary(registry: CollectorRegistry | None = None) -> dict[str, Any]:
     """The ``/metrics/summary`` document: per route, provider, span, cache and SSE endpoint."""
     reg, namespace = _sources(registry)
-    return summarize(reg.collect(), namespace)
+    return summarize_registry(reg, namespace)
 
 
 def respond(route: str, accept: str | None = None, registry: CollectorRegistry | None = None,
@@ -62,7 +62,7 @@ def respond(route: str, accept: str | None = None, registry: CollectorRegistry |
                                "uptime_seconds": round(time.time() - _metrics.PROCESS_START, 3),
                                "series": series})
         if route == "/summary":
-            return _json(200, summarize(reg.collect(), namespace))
+            return _json(200, summarize_registry(reg, namespace))
         encoder, content_type = choose_encoder(accept or "")
         names = parse_qs(query).get("name[]") if query else None
         if names:

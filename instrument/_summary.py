@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
 
 Labels = tuple[tuple[str, str], ...]
@@ -59,50 +60,126 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+Series = tuple[dict[str, str], list[tuple[float, float]], float, float]  # buckets, count, sum
+_HIST_PARTS = {"_bucket", "_count", "_sum"}
+
+
 class _Index:
-    """Samples grouped by metric name (namespace stripped) and by selected labels."""
+    """Samples grouped by metric name (namespace stripped): counters as (labels, value),
+    histograms as one (labels, cumulative buckets, count, sum) per series, gauges by labels."""
 
     def __init__(self, families: Iterable[Metric], namespace: str) -> None:
-        prefix = f"{namespace}_" if namespace else ""
-        self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self.hists: dict[str, list[tuple[dict[str, str], str, float]]] = defaultdict(list)
+        self.prefix = f"{namespace}_" if namespace else ""
+        self.counters: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+        self.hists: dict[str, list[Series]] = defaultdict(list)
         self.gauges: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
         for family in families:
-            name = family.name
-            if prefix:
-                if not name.startswith(prefix):
-                    continue
-                name = name[len(prefix):]
+            self.add(family)
+
+    @classmethod
+    def of_registry(cls, registry: Any, namespace: str) -> _Index:
+        """What ``_Index(registry.collect(), namespace)`` holds, read faster: prometheus-client's
+        own counters and histograms are read from their children, without building the
+        samples, bucket labels and exemplars a scrape needs and the summary does not."""
+        if type(registry) is not CollectorRegistry or registry._target_info:
+            return cls(registry.collect(), namespace)
+        ix = cls((), namespace)
+        with registry._lock:
+            collectors = list(registry._collector_to_names)
+        for collector in collectors:
+            kind = type(collector)
+            if kind is Counter or kind is Histogram:
+                try:
+                    if ix._direct(collector, kind is Histogram):
+                        continue
+                except (AttributeError, TypeError, ValueError):  # other insides: as collected
+                    pass
+            for family in collector.collect():
+                ix.add(family)
+        return ix
+
+    def _name(self, name: str) -> str | None:
+        if not self.prefix:
+            return name
+        return name[len(self.prefix):] if name.startswith(self.prefix) else None
+
+    def _direct(self, metric: Any, histogram: bool) -> bool:
+        name = self._name(metric._name)
+        if name is None:
+            return True
+        labelnames = metric._labelnames
+        if labelnames:
+            with metric._lock:
+                children = list(metric._metrics.items())
+        else:
+            children = [((), metric)]
+        if not histogram:
+            counts = [(dict(zip(labelnames, values, strict=True)), child._value.get())
+                      for values, child in children]
+            self.counters[name + "_total"].extend(counts)
+            return True
+        found: list[Series] = []
+        for values, child in children:
+            acc, buckets = 0.0, []
+            for bound, bucket in zip(child._upper_bounds, child._buckets, strict=True):
+                acc += bucket.get()
+                buckets.append((bound, acc))
+            total = child._sum.get() if child._upper_bounds[0] >= 0 else 0.0
+            found.append((dict(zip(labelnames, values, strict=True)), buckets, acc, total))
+        self.hists[name].extend(found)
+        return True
+
+    def add(self, family: Metric) -> None:
+        name = self._name(family.name)
+        if name is None:
+            return
+        kind = family.type
+        if kind == "counter":
+            counts = self.counters[name + "_total"]
             for sample in family.samples:
-                if family.type == "counter" and sample.name.endswith("_total"):
-                    key = tuple(sorted(sample.labels.items()))
-                    self.counters[name + "_total"][key] += sample.value
-                elif family.type == "histogram":
-                    self.hists[name].append((sample.labels, sample.name[len(prefix):],
-                                             sample.value))
-                elif family.type in ("gauge", "untyped", "unknown"):
-                    self.gauges[name][tuple(sorted(sample.labels.items()))] += sample.value
+                if sample.name.endswith("_total"):
+                    counts.append((sample.labels, sample.value))
+        elif kind == "histogram":
+            series: dict[Labels, Series] = {}
+            for sample in family.samples:
+                part = sample.name[len(family.name):]
+                if part not in _HIST_PARTS:
+                    continue
+                labels = sample.labels
+                key = tuple(item for item in labels.items() if item[0] != "le")
+                found = series.get(key)
+                if found is None:
+                    found = series[key] = (dict(key), [], 0.0, 0.0)
+                if part == "_bucket":
+                    found[1].append((float(labels["le"]), sample.value))
+                elif part == "_count":
+                    series[key] = (found[0], found[1], found[2] + sample.value, found[3])
+                else:
+                    series[key] = (found[0], found[1], found[2], found[3] + sample.value)
+            self.hists[name].extend(series.values())
+        elif kind in ("gauge", "untyped", "unknown"):
+            gauges = self.gauges[name]
+            for sample in family.samples:
+                gauges[tuple(sorted(sample.labels.items()))] += sample.value
 
     def hist_by(self, name: str, keys: tuple[str, ...]) -> dict[tuple[str, ...], _Hist]:
         out: dict[tuple[str, ...], _Hist] = defaultdict(_Hist)
-        for labels, sample_name, value in self.hists.get(name, ()):
+        for labels, buckets, count, total in self.hists.get(name, ()):
             h = out[tuple(labels.get(k, "") for k in keys)]
-            if sample_name.endswith("_bucket"):
-                h.buckets[float(labels["le"])] += value
-            elif sample_name.endswith("_count"):
-                h.count += value
-            elif sample_name.endswith("_sum"):
-                h.sum += value
+            into = h.buckets
+            for upper, value in buckets:
+                into[upper] += value
+            h.count += count
+            h.sum += total
         return out
 
     def counter_by(self, name: str, keys: tuple[str, ...],
                    where: tuple[str, Any] | None = None) -> dict[tuple[str, ...], float]:
         out: dict[tuple[str, ...], float] = defaultdict(float)
-        for labels, value in self.counters.get(name, {}).items():
-            d = dict(labels)
-            if where is not None and not where[1](d.get(where[0], "")):
+        for labels, value in self.counters.get(name, ()):
+            if where is not None and not where[1](labels.get(where[0], "")):
                 continue
-            out[tuple(d.get(k, "") for k in keys)] += value
+            out[tuple(labels.get(k, "") for k in keys)] += value
         return out
 
 
@@ -124,7 +201,15 @@ def _headroom(ix: _Index) -> dict[tuple[str, ...], dict[str, dict[str, float | N
 
 def summarize(families: Iterable[Metric], namespace: str = "") -> dict[str, Any]:
     """The summary document served at ``/metrics/summary``."""
-    ix = _Index(families, namespace)
+    return _summarize(_Index(families, namespace))
+
+
+def summarize_registry(registry: CollectorRegistry, namespace: str = "") -> dict[str, Any]:
+    """``summarize(registry.collect(), namespace)``, reading the registry faster."""
+    return _summarize(_Index.of_registry(registry, namespace))
+
+
+def _summarize(ix: _Index) -> dict[str, Any]:
 
     routes = []
     totals = ix.counter_by("http_requests_total", ("method", "route"))

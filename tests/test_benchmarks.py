@@ -16,7 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_benchmarks_run_and_report_every_figure() -> None:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--json"],
+    """The wire case runs too: in --quick its load is a small Python client (wrk is not needed:
+    make test does not install it), and the peers case reports itself not run when
+    .venv-peers (made by make bench) is missing."""
+    results_md = ROOT / "benchmarks" / ".quick-RESULTS.md"
+    out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--json",
+                          "--results", str(results_md)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout)
@@ -48,6 +53,15 @@ def test_benchmarks_run_and_report_every_figure() -> None:
     assert results["scrape"]["samples"] > 2000  # the realistic catalog really was recorded
     assert {"provider_calls", "sse_streams", "random_paths", "random_models",
             "series"} <= set(results["memory"])
+    for framework in ("fastapi", "flask"):
+        wire = results["wire"][framework]
+        assert wire["client"] == "python"
+        assert all(wire[v]["rps"] > 0 for v in ("bare", "ours", "ours_access_log",
+                                                 "alternative"))
+    assert "missing" in results["peers"] or results["peers"]["openlit"]["spans"] > 0
+    text = results_md.read_text()
+    results_md.unlink()
+    assert "## Targets" in text and "Quick run" in text
     assert out.stderr == ""  # nothing logged before opt-in: loguru's default handler is on
 
 
@@ -92,13 +106,14 @@ def test_the_instruction_count_child_serves_each_variant_and_its_total_is_read()
     """What callgrind runs must work for every variant (callgrind itself is too slow here)."""
     from benchmarks import instructions
 
-    for framework in instructions.FRAMEWORKS:
-        for variant in instructions.VARIANTS:
-            out = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child",
-                                  framework, variant, "5"], cwd=ROOT, capture_output=True,
-                                 text=True, timeout=120)
-            assert out.returncode == 0, out.stderr[-2000:]
-            assert out.stderr == ""
+    cases = [(f, v) for f in instructions.FRAMEWORKS for v in instructions.VARIANTS]
+    cases += [(c, v) for c, variants in instructions.CALLS.items() for v in variants]
+    for case, variant in cases:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child",
+                              case, variant, "5"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stderr == ""
     assert instructions.parse_total("==1== Events    : Ir\n==1== Collected : 12345\n") == 12345
     with pytest.raises(RuntimeError, match="no callgrind total"):
         instructions.parse_total("valgrind: not found")

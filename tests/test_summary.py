@@ -189,3 +189,29 @@ def test_metrics_summary_of_a_namespaced_registry_adds_no_unprefixed_copy() -> N
     names = {family.name for family in reg.collect()}
     assert "gw_cache_misses" in names
     assert "cache_misses" not in names
+
+
+@pytest.mark.parametrize("namespace", ["", "gw"])
+def test_the_registry_read_directly_gives_the_collected_summary(namespace: str) -> None:
+    """/metrics/summary reads prometheus-client's counters and histograms from their children
+    (a fast path); the document must be the one built from ``registry.collect()``."""
+    from prometheus_client import Counter, Histogram
+
+    from instrument._summary import summarize_registry
+
+    reg = CollectorRegistry()
+    m = instrument.configure(registry=reg, namespace=namespace)
+    for i, seconds in enumerate((0.02, 0.2, 1.5, 3.0, 40.0)):
+        m.provider_requests.child("openai", f"m{i % 2}", "error" if i == 3 else "ok").inc()
+        m.provider_duration.child("openai", f"m{i % 2}").observe(seconds)
+        m.served.series("GET", f"/r{i % 2}").done(200 + 300 * (i == 4), seconds, None, 0.0)
+    m.span_duration.child("retrieve").observe(0.003)
+    m.cache_hits.child("redis").inc(3)
+    m.traces.inc(4)
+    prefix = f"{namespace}_" if namespace else ""
+    Counter(f"{prefix}cache_misses_extra", "unlabelled, ignored", registry=reg).inc()
+    Histogram(f"{prefix}unlabelled_seconds", "x", registry=reg).observe(0.1)
+    direct, collected = summarize_registry(reg, namespace), summarize(reg.collect(), namespace)
+    direct.pop("uptime_seconds"), collected.pop("uptime_seconds")
+    assert direct == collected
+    assert direct["providers"][0]["requests"] == 3 and direct["requests"]["total"] == 5
