@@ -9,7 +9,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, TypeVar
 
-from instrument import _metrics
+from instrument import _metrics, _observe
 from instrument._context import (
     TraceContext,
     accept_trace_id,
@@ -27,7 +27,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Span:
     """One timed unit of work inside a trace."""
 
-    __slots__ = ("attributes", "name", "parent_span_id", "span_id", "start", "trace_id")
+    __slots__ = ("_otel", "attributes", "name", "parent_span_id", "span_id", "start", "trace_id")
+    _otel: Any  # set only by the OpenTelemetry bridge (instrument._otel)
 
     def __init__(self, name: str, trace_id: str, span_id: str, parent_span_id: str | None,
                  attributes: dict[str, Any]) -> None:
@@ -103,6 +104,8 @@ class SpanCall(TracedObserver):
         super().__init__(metrics)
         self.name = name
         self.attributes = attributes
+        if _observe.bridge is not None:
+            _observe.bridge.start(self)
 
     def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
         record_span(self.metrics, self.name, perf_counter() - self.start, exc,
@@ -113,7 +116,8 @@ class SpanCall(TracedObserver):
 class SpanContext:
     """What ``trace_span(...)`` returns: a context manager (sync/async) and a decorator."""
 
-    __slots__ = ("_attributes", "_name", "_span", "_token")
+    __slots__ = ("_attributes", "_name", "_otel", "_span", "_token")
+    _otel: Any  # set only by the OpenTelemetry bridge (instrument._otel)
 
     def __init__(self, name: str, attributes: dict[str, Any]) -> None:
         self._name = name
@@ -125,6 +129,8 @@ class SpanContext:
         if self._span is not None:
             raise RuntimeError("a trace_span(...) object is not re-entrant; create a new one")
         self._span, self._token = open_span(self._name, dict(self._attributes))
+        if _observe.bridge is not None:
+            _observe.bridge.opened(self)
         return self._span
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
