@@ -330,10 +330,8 @@ class Bridge:
                     trace_context.reset(token)
                     holder._token = trace_context.set(
                         TraceContext(trace_id, span_id, ctx.usage, ctx.request))
-            span._otel = started
+            span._otel = (started, otel_context.attach(started.context))
             span.__class__ = _BridgedSpan
-            holder._otel = (started, otel_context.attach(started.context))
-            holder.__class__ = _BridgedSpanContext
         except Exception as err:
             _metrics.report_internal_error("otel_start", err)
 
@@ -407,34 +405,26 @@ def _observer_class(cls: type, bridge: Bridge) -> type:
 
 
 class _BridgedSpan(ToolkitSpan):
-    """A ``trace_span`` span whose attributes also go to its OpenTelemetry span."""
+    """A ``with trace_span(...)`` span that is also OpenTelemetry's: its attributes go there
+    too, and closing it ends (and un-currents) the OpenTelemetry span."""
 
     __slots__ = ()
 
     def set_attribute(self, key: str, value: Any) -> None:
         super().set_attribute(key, value)
         try:
-            self._otel.span.set_attribute(key, next(iter(_plain({key: value}).values())))
+            self._otel[0].span.set_attribute(key, _plain({key: value})[key])
         except Exception as err:
             _metrics.report_internal_error("otel_attribute", err)
 
-
-_BridgedSpan.__name__ = _BridgedSpan.__qualname__ = "Span"
-
-
-class _BridgedSpanContext(ToolkitSpanContext):
-    """``with trace_span(...)`` whose exit also ends (and un-currents) its OpenTelemetry span."""
-
-    __slots__ = ()
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        started, token = self._otel
+    def _close(self, token: Any, exc: BaseException | None,
+               metrics: _metrics.Metrics | None = None) -> float:
+        started, attached = self._otel
         try:
-            super().__exit__(exc_type, exc, tb)
+            return super()._close(token, exc, metrics)
         finally:
-            self.__class__ = ToolkitSpanContext  # type: ignore[assignment]  # not re-entrant, but reusable as a decorator
             try:
-                otel_context.detach(token)
+                otel_context.detach(attached)
                 span = started.span
                 outcome = OK if exc is None else outcome_for(exc)
                 span.set_attribute(N.OUTCOME, outcome)
@@ -443,6 +433,9 @@ class _BridgedSpanContext(ToolkitSpanContext):
                 span.end()
             except Exception as err:
                 _metrics.report_internal_error("otel_end", err)
+
+
+_BridgedSpan.__name__ = _BridgedSpan.__qualname__ = "Span"
 
 
 class _BridgedRequest(ServerRequest):

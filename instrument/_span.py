@@ -42,6 +42,22 @@ class Span:
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
 
+    def _close(self, token: Token[TraceContext | None], exc: BaseException | None,
+               metrics: _metrics.Metrics | None = None) -> float:
+        """Record the span and restore the context that was current before it opened."""
+        duration = perf_counter() - self.start
+        try:
+            record_span(metrics, self.name, duration, exc, status_of(exc), self.trace_id,
+                        self.span_id, self.parent_span_id, self.attributes)
+        finally:
+            try:
+                trace_context.reset(token)
+            except ValueError:
+                # closed in another context (e.g. a generator finalised by the GC):
+                # that context is gone, so there is nothing to restore
+                pass
+        return duration
+
     def __repr__(self) -> str:
         return (f"Span(name={self.name!r}, trace_id={self.trace_id!r}, span_id={self.span_id!r}, "
                 f"parent_span_id={self.parent_span_id!r})")
@@ -81,18 +97,7 @@ def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,
 def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException | None,
                metrics: _metrics.Metrics | None = None) -> float:
     """Record the span and restore the context that was current before it opened."""
-    duration = perf_counter() - span.start
-    try:
-        record_span(metrics, span.name, duration, exc, status_of(exc), span.trace_id,
-                    span.span_id, span.parent_span_id, span.attributes)
-    finally:
-        try:
-            trace_context.reset(token)
-        except ValueError:
-            # closed in another context (e.g. a generator finalised by the GC):
-            # that context is gone, so there is nothing to restore
-            pass
-    return duration
+    return span._close(token, exc, metrics)
 
 
 class SpanCall(TracedObserver):
@@ -116,8 +121,7 @@ class SpanCall(TracedObserver):
 class SpanContext:
     """What ``trace_span(...)`` returns: a context manager (sync/async) and a decorator."""
 
-    __slots__ = ("_attributes", "_name", "_otel", "_span", "_token")
-    _otel: Any  # set only by the OpenTelemetry bridge (instrument._otel)
+    __slots__ = ("_attributes", "_name", "_span", "_token")
 
     def __init__(self, name: str, attributes: dict[str, Any]) -> None:
         self._name = name
@@ -138,7 +142,7 @@ class SpanContext:
         span, token = self._span, self._token
         self._span = self._token = None
         if span is not None and token is not None:
-            close_span(span, token, exc)
+            span._close(token, exc)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()
