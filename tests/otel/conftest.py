@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from instrument.adapters import otel as bridge
+from tests.helpers import wait_until
 
 
 class Otel:
@@ -32,6 +33,9 @@ class Otel:
         return list(self.exporter.get_finished_spans())
 
     def named(self, name: str) -> ReadableSpan:
+        """The one ended span of this name (a server ends a request's span just after its
+        response is out: waited for, up to 5 s)."""
+        wait_until(lambda: any(s.name == name for s in self.spans))
         found = [s for s in self.spans if s.name == name]
         assert len(found) == 1, [s.name for s in self.spans]
         return found[0]
