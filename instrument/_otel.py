@@ -117,12 +117,13 @@ class _IdGenerator:
 class _Started:
     """The OpenTelemetry span of one toolkit span, and the context that makes it current."""
 
-    __slots__ = ("context", "named", "span")
+    __slots__ = ("context", "cost", "named", "span")
 
     def __init__(self, span: Any, context: Any) -> None:
         self.span = span
         self.context = context
         self.named = True  # a provider call's model was known as it started
+        self.cost: tuple[float, str | None] | None = None  # a provider call's, once priced
 
 
 class Bridge:
@@ -241,46 +242,50 @@ class Bridge:
 
     # -- ending a span ---------------------------------------------------------------------
     def end(self, obs: Any, outcome: str, exc: BaseException | None) -> None:
+        """The observer has ended: the span's last attributes (set at once), then its end."""
         started: _Started = obs._otel
         span = started.span
         try:
-            span.set_attribute(N.OUTCOME, outcome)
+            attributes: dict[str, Any] = {N.OUTCOME: outcome}
             if isinstance(obs, ProviderCall):
-                self._provider_end(obs, started, outcome, exc)
+                self._provider_end(obs, started, attributes, outcome, exc)
             elif isinstance(obs, SSEStream):
-                span.set_attribute(N.SSE_EVENTS, obs.events)
-                span.set_attribute(N.SSE_HEARTBEATS, obs.heartbeats)
+                attributes[N.SSE_EVENTS] = obs.events
+                attributes[N.SSE_HEARTBEATS] = obs.heartbeats
                 if obs.disconnected:
-                    span.set_attribute(N.SSE_DISCONNECTED, True)
+                    attributes[N.SSE_DISCONNECTED] = True
+            span.set_attributes(attributes)
             if outcome == ERROR and exc is not None:
                 failed(span, exc)
         finally:
             span.end()
 
-    def _provider_end(self, obs: ProviderCall, started: _Started, outcome: str,
-                      exc: BaseException | None) -> None:
-        span, u = started.span, obs.usage
+    def _provider_end(self, obs: ProviderCall, started: _Started, attributes: dict[str, Any],
+                      outcome: str, exc: BaseException | None) -> None:
+        u = obs.usage
         if obs.response_model:
-            span.set_attribute(N.RESPONSE_MODEL, obs.response_model)
+            attributes[N.RESPONSE_MODEL] = obs.response_model
         if not started.named and obs.model != UNKNOWN_MODEL:  # the response named the model
-            span.update_name(f"{obs.operation} {obs.model}")
+            started.span.update_name(f"{obs.operation} {obs.model}")
         if u.input or u.output:
-            span.set_attribute(N.INPUT_TOKENS, u.input)
-            span.set_attribute(N.OUTPUT_TOKENS, u.output)
+            attributes[N.INPUT_TOKENS] = u.input
+            attributes[N.OUTPUT_TOKENS] = u.output
         if u.cached_input:
-            span.set_attribute(N.CACHE_READ_TOKENS, u.cached_input)
+            attributes[N.CACHE_READ_TOKENS] = u.cached_input
         if u.cache_write:
-            span.set_attribute(N.CACHE_WRITE_TOKENS, u.cache_write)
+            attributes[N.CACHE_WRITE_TOKENS] = u.cache_write
         if u.reasoning:
-            span.set_attribute(N.REASONING_TOKENS, u.reasoning)
+            attributes[N.REASONING_TOKENS] = u.reasoning
         if u.retries:
-            span.set_attribute(N.RETRIES, u.retries)
+            attributes[N.RETRIES] = u.retries
+        if started.cost is not None:
+            attributes[N.COST_USD] = started.cost[0]
+            if started.cost[1]:
+                attributes[N.PRICE_SOURCE] = started.cost[1]
         ttfc = obs.first_at - obs.start if obs.first_at else None
         if ttfc is not None:
-            span.set_attribute(N.REQUEST_STREAM, True)
-            span.set_attribute(N.TIME_TO_FIRST_CHUNK, ttfc)
-        if outcome == ERROR and exc is not None:
-            span.set_attribute(N.ERROR_TYPE, error_type(exc))
+            attributes[N.REQUEST_STREAM] = True
+            attributes[N.TIME_TO_FIRST_CHUNK] = ttfc
         instruments = self.instruments()
         if instruments is not None:
             self._record(instruments, obs, started, outcome, exc, ttfc)
@@ -395,9 +400,7 @@ def _observer_class(cls: type, bridge: Bridge) -> type:
         def _account(self: Any, status: str) -> tuple[float | None, str | None]:
             cost, source = base_account(self, status)
             if cost is not None:
-                self._otel.span.set_attribute(N.COST_USD, cost)
-                if source:
-                    self._otel.span.set_attribute(N.PRICE_SOURCE, source)
+                self._otel.cost = (cost, source)
             return cost, source
 
         namespace["_account"] = _account
