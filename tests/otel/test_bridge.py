@@ -382,3 +382,24 @@ def test_the_latest_experimental_opt_in_switches_to_the_newer_metric_names(
     assert set(points) == {m.name for m in N.LATEST}
 
 
+
+
+def test_otel_spans_made_inside_a_decorated_call_or_stream_step_are_its_children(
+        otel: Otel) -> None:
+    """What an OpenTelemetry instrumentation (httpx, a database) records inside our call."""
+    tracer = otel.tracer_provider.get_tracer("app")
+
+    @track_provider("openai", MINI)
+    def call() -> str | None:
+        with tracer.start_as_current_span("http call"):
+            return get_span_id()
+
+    @trace_span("stream")
+    def stream() -> Iterator[str | None]:
+        with tracer.start_as_current_span("read"):
+            yield get_span_id()
+
+    ours = call()
+    [streamed] = list(stream())
+    assert hex_parent(otel.named("http call")) == ours == hex_span(otel.named(f"chat {MINI}"))
+    assert hex_parent(otel.named("read")) == streamed == hex_span(otel.named("stream"))
