@@ -11,15 +11,20 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from aiohttp import web
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
+from flask import Flask
 from opentelemetry.trace import SpanKind, StatusCode
 
 from instrument import _otel_names as N
 from instrument import trace_span, track_provider
 from instrument._propagation import parse_traceparent
+from instrument.adapters.aiohttp import instrument_app as instrument_aiohttp
+from instrument.adapters.flask import instrument_app as instrument_flask
 from instrument.adapters.openai import instrument_openai
 from instrument.adapters.starlette import instrument_app
+from tests.adapters.apps import aiohttp_app, flask_app
 from tests.adapters.apps.starlette_app import serving
 from tests.adapters.sdk_helpers import fake
 from tests.conftest import LogCapture
@@ -138,3 +143,31 @@ def test_an_openai_sdk_call_is_a_client_span_whose_id_reaches_the_provider(
     stream_attributes = dict(streamed.attributes or {})
     assert stream_attributes[N.REQUEST_STREAM] is True
     assert stream_attributes[N.OUTCOME] == "closed"
+
+
+def test_flask_under_werkzeug_and_aiohttp_requests_are_server_spans_too(otel: Otel) -> None:
+    """The WSGI and aiohttp adapters bind the request the same way: parent and children."""
+    flask = Flask(__name__)
+
+    @flask.get("/items/<int:item_id>")
+    def item(item_id: int) -> dict[str, int]:
+        with trace_span("flask work"):
+            return {"item_id": item_id}
+
+    async def handler(request: web.Request) -> web.Response:
+        with trace_span("aiohttp work"):
+            return web.json_response({"ok": True})
+
+    aio = web.Application()
+    aio.router.add_get("/things/{thing}", handler)
+    headers = {"traceparent": f"00-{TRACE}-{PARENT}-01"}
+    with flask_app.serving(instrument_flask(flask)) as url:
+        assert httpx.get(f"{url}/items/3", headers=headers, timeout=10).status_code == 200
+    with aiohttp_app.serving(instrument_aiohttp(aio)) as url:
+        assert httpx.get(f"{url}/things/x", headers=headers, timeout=10).status_code == 200
+    for server, work in (("GET /items/<int:item_id>", "flask work"),
+                         ("GET /things/{thing}", "aiohttp work")):
+        span = otel.named(server)
+        assert span.kind == SpanKind.SERVER and hex_trace(span) == TRACE
+        assert hex_parent(span) == PARENT
+        assert hex_parent(otel.named(work)) == hex_span(span)
