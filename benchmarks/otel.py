@@ -19,6 +19,7 @@ OpenTelemetry's instrumentation adds to the bare call; ``bridge_ratio`` the firs
 second (target: <= 1.0). Rounds alternate between the variants; medians are reported.
 
     python -m benchmarks.otel [--quick] [--json]      entry points: main(quick), report()
+    python -m benchmarks.otel --instructions [--quick]  callgrind counts: instructions(quick)
 """
 
 from __future__ import annotations
@@ -256,6 +257,66 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- instructions (callgrind) --------------------------------------------------------------
+
+#: what ``instructions()`` counts: per FastAPI request and per ``@track_provider`` call
+COUNTED = {"request": ("bare", "ours", "ours_bridge", "otel"),
+           "provider": ("ours", "ours_bridge")}
+
+
+def child(kind: str, variant: str, n: int) -> None:
+    """200 warm-up operations, then ``n`` (callgrind counts the whole process)."""
+    instrument.configure(registry=CollectorRegistry())
+    adapters._logging_for("bare")
+    providers = Providers()
+    if variant == "ours_bridge":
+        Bridge(providers).on()
+    if kind == "request":
+        apps, _otel = _request_apps("fastapi", providers)
+        run = adapters._asgi_runner(apps[variant], trace_header=False)
+        asyncio.run(run(200))
+        asyncio.run(run(n))
+        return
+
+    @instrument.track_provider("openai", sdk.MODEL)
+    def call() -> dict[str, Any]:
+        return {"model": sdk.MODEL, "usage": sdk.USAGE}
+
+    for _ in range(200 + n):
+        call()
+
+
+def instructions(quick: bool = False) -> dict[str, dict[str, float]]:
+    """Instructions per request and per provider call (``valgrind --tool=callgrind``, the
+    difference between N and 2N operations over N), what each variant adds to the first."""
+    from benchmarks.instructions import parse_total
+
+    n = 50 if quick else 500
+
+    def count(kind: str, variant: str, k: int) -> int:
+        import subprocess
+
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                              sys.executable, "-m", "benchmarks.otel", "--child", kind, variant,
+                              str(k)], capture_output=True, text=True, check=True)
+        return parse_total(out.stderr)
+
+    results: dict[str, dict[str, float]] = {}
+    for kind, variants in COUNTED.items():
+        per = {v: (count(kind, v, 2 * n) - count(kind, v, n)) / n for v in variants}
+        base = per[variants[0]]
+        results[kind] = {**{f"{v}_instructions": per[v] for v in variants},
+                         **{f"{v}_added": per[v] - base for v in variants[1:]}}
+        if kind == "request":
+            results[kind]["bridge_added"] = per["ours_bridge"] - per["ours"]
+    return results
+
+
 if __name__ == "__main__":
-    found = main(quick="--quick" in sys.argv)
-    print(json.dumps(found) if "--json" in sys.argv else report(found))
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif "--instructions" in sys.argv:
+        print(json.dumps(instructions(quick="--quick" in sys.argv)))
+    else:
+        found = main(quick="--quick" in sys.argv)
+        print(json.dumps(found) if "--json" in sys.argv else report(found))
