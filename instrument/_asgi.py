@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from instrument._context import trace_context
 from instrument._engine import status_of
 from instrument._exposition import make_asgi_app
 from instrument._gate import Gate, Unmeasured, merge_headers
@@ -125,7 +126,7 @@ class ASGIMiddleware:
                 if req.route is None:  # no response (cancelled, or the app sent none)
                     self._resolve(req, scope, root)
                 req.finish()
-            req.exit(token)
+            trace_context.reset(token)
 
     def _resolve(self, req: ServerRequest, scope: Scope, root: str) -> None:
         template = self.route_of(scope, root)

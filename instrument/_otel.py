@@ -117,13 +117,15 @@ class _IdGenerator:
 class _Started:
     """The OpenTelemetry span of one toolkit span, and the context that makes it current."""
 
-    __slots__ = ("context", "cost", "named", "span")
+    __slots__ = ("attached", "context", "cost", "named", "span")
 
     def __init__(self, span: Any, context: Any) -> None:
         self.span = span
         self.context = context
         self.named = True  # a provider call's model was known as it started
         self.cost: tuple[float, str | None] | None = None  # a provider call's, once priced
+        #: a served request's (toolkit token, OpenTelemetry token) of each ``enter``
+        self.attached: list[tuple[Any, Any]] = []
 
 
 class Bridge:
@@ -442,20 +444,31 @@ _BridgedSpan.__name__ = _BridgedSpan.__qualname__ = "Span"
 
 
 class _BridgedRequest(ServerRequest):
-    """A served request that is also an OpenTelemetry SERVER span."""
+    """A served request that is also an OpenTelemetry SERVER span.
+
+    ``enter`` also makes the span OpenTelemetry's current one and still returns the
+    toolkit's own token: the ASGI middleware resets that token itself (no call on its
+    hottest path), leaving OpenTelemetry's context to go with the request's task, as the
+    WSGI middleware leaves both with the request's own context. ``exit`` undoes both.
+    """
 
     __slots__ = ()
 
     def enter(self) -> Any:
-        return super().enter(), otel_context.attach(self._otel.context)
+        token = super().enter()
+        self._otel.attached.append((token, otel_context.attach(self._otel.context)))
+        return token
 
-    @staticmethod
-    def exit(token: Any) -> None:
-        ours, theirs = token
+    def exit(self, token: Any) -> None:  # type: ignore[override]  # (a staticmethod there)
         try:
-            ServerRequest.exit(ours)
+            ServerRequest.exit(token)
         finally:
-            otel_context.detach(theirs)
+            attached = self._otel.attached
+            for at, (ours, theirs) in enumerate(attached):  # tokens are not hashable
+                if ours is token:
+                    del attached[at]
+                    otel_context.detach(theirs)
+                    break
 
     def finish(self) -> None:
         if self.finished:
