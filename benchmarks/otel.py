@@ -19,7 +19,8 @@ OpenTelemetry's instrumentation adds to the bare call; ``bridge_ratio`` the firs
 second (target: <= 1.0). Rounds alternate between the variants; medians are reported.
 
     python -m benchmarks.otel [--quick] [--json]      entry points: main(quick), report()
-    python -m benchmarks.otel --instructions [--quick]  callgrind counts: instructions(quick)
+    python -m benchmarks.otel --instructions [--quick] [--json]     callgrind counts:
+        instructions(quick), report_instructions(results)
 """
 
 from __future__ import annotations
@@ -259,13 +260,13 @@ def report(results: dict[str, Any]) -> str:
 
 # -- instructions (callgrind) --------------------------------------------------------------
 
-#: what ``instructions()`` counts: per FastAPI request and per ``@track_provider`` call
-COUNTED = {"request": ("bare", "ours", "ours_bridge", "otel"),
-           "provider": ("ours", "ours_bridge")}
+VARIANTS = ("bare", "ours", "ours_bridge", "otel")
+#: what ``instructions()`` counts: a FastAPI request, an openai SDK call, a 50-chunk stream
+KINDS = ("request", "sdk_call", "sdk_stream")
 
 
 def child(kind: str, variant: str, n: int) -> None:
-    """200 warm-up operations, then ``n`` (callgrind counts the whole process)."""
+    """A warm-up, then ``n`` operations of ``kind`` (callgrind counts the whole process)."""
     instrument.configure(registry=CollectorRegistry())
     adapters._logging_for("bare")
     providers = Providers()
@@ -277,46 +278,83 @@ def child(kind: str, variant: str, n: int) -> None:
         asyncio.run(run(200))
         asyncio.run(run(n))
         return
+    from instrument.adapters.openai import instrument_openai
 
-    @instrument.track_provider("openai", sdk.MODEL)
-    def call() -> dict[str, Any]:
-        return {"model": sdk.MODEL, "usage": sdk.USAGE}
+    client = sdk._client()
+    if variant in ("ours", "ours_bridge"):
+        client = instrument_openai(client)
+    elif variant == "otel":
+        genai = sdk.Otel()
+        genai.kwargs = {"tracer_provider": providers.tracer_provider,
+                        "meter_provider": providers.meter_provider}
+        genai.on()
+    create = client.chat.completions.create
 
-    for _ in range(200 + n):
-        call()
+    def once() -> None:
+        if kind == "sdk_call":
+            create(model=sdk.MODEL, messages=sdk.MESSAGES)
+            return
+        for _ in create(model=sdk.MODEL, messages=sdk.MESSAGES, stream=True,
+                        stream_options={"include_usage": True}):
+            pass
+
+    for _ in range(20 + n):
+        once()
 
 
 def instructions(quick: bool = False) -> dict[str, dict[str, float]]:
-    """Instructions per request and per provider call (``valgrind --tool=callgrind``, the
-    difference between N and 2N operations over N), what each variant adds to the first."""
+    """Instructions per operation (``valgrind --tool=callgrind``: the difference between N
+    and 2N operations, over N); what ours, the bridge and OpenTelemetry's instrumentation
+    add, and the bridge over OpenTelemetry's."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
     from benchmarks.instructions import parse_total
 
-    n = 50 if quick else 500
+    sizes = {"request": 50, "sdk_call": 20, "sdk_stream": 5} if quick else {
+        "request": 500, "sdk_call": 200, "sdk_stream": 40}
 
     def count(kind: str, variant: str, k: int) -> int:
-        import subprocess
-
         out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                               sys.executable, "-m", "benchmarks.otel", "--child", kind, variant,
                               str(k)], capture_output=True, text=True, check=True)
         return parse_total(out.stderr)
 
     results: dict[str, dict[str, float]] = {}
-    for kind, variants in COUNTED.items():
-        per = {v: (count(kind, v, 2 * n) - count(kind, v, n)) / n for v in variants}
-        base = per[variants[0]]
-        results[kind] = {**{f"{v}_instructions": per[v] for v in variants},
-                         **{f"{v}_added": per[v] - base for v in variants[1:]}}
-        if kind == "request":
-            results[kind]["bridge_added"] = per["ours_bridge"] - per["ours"]
+    for kind in KINDS:
+        n = sizes[kind]
+        per: dict[str, float] = {}
+        for variant in VARIANTS:
+            with ThreadPoolExecutor(2) as pool:  # the two runs of a variant side by side
+                once, twice = pool.map(count, (kind, kind), (variant, variant), (n, 2 * n))
+            per[variant] = (twice - once) / n
+        bare = per["bare"]
+        figures = {f"{v}_instructions": per[v] for v in VARIANTS}
+        figures.update({f"{v}_added": per[v] - bare for v in VARIANTS[1:]})
+        figures["bridge_added"] = per["ours_bridge"] - per["ours"]
+        figures["bridge_over_otel"] = figures["bridge_added"] / figures["otel_added"]
+        results[kind] = figures
     return results
+
+
+def report_instructions(results: dict[str, dict[str, float]]) -> str:
+    lines = ["OpenTelemetry bridge, instructions per operation (callgrind; null exporter)"]
+    for kind, label in (("request", "FastAPI request"), ("sdk_call", "openai plain call"),
+                        ("sdk_stream", f"openai {sdk.CHUNKS}-chunk stream")):
+        f = results[kind]
+        lines.append(f"  {label}: bare {f['bare_instructions']:,.0f}; ours adds "
+                     f"{f['ours_added']:,.0f}, the bridge {f['bridge_added']:,.0f} more; "
+                     f"OpenTelemetry's adds {f['otel_added']:,.0f} (bridge / OpenTelemetry "
+                     f"{f['bridge_over_otel']:.2f}x)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif "--instructions" in sys.argv:
-        print(json.dumps(instructions(quick="--quick" in sys.argv)))
+        counted = instructions(quick="--quick" in sys.argv)
+        print(json.dumps(counted) if "--json" in sys.argv else report_instructions(counted))
     else:
         found = main(quick="--quick" in sys.argv)
         print(json.dumps(found) if "--json" in sys.argv else report(found))
