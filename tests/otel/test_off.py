@@ -70,3 +70,13 @@ def test_configure_switches_it_on_and_off_and_rejects_anything_else(
     assert _observe.bridge is None
     with pytest.raises(ValueError, match="otel must be True, False or None"):
         instrument.configure(registry=registry, otel="yes")  # type: ignore[arg-type]
+
+
+def test_without_opentelemetry_installed_switching_it_on_says_which_extra() -> None:
+    script = ("import sys; sys.modules['opentelemetry'] = None\n"
+              "import instrument\n"
+              "try:\n    instrument.configure(otel=True)\n"
+              "except ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert "pip install 'llm-instrument[otel]'" in out.stdout
