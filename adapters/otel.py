@@ -1,8 +1,14 @@
-"""OpenTelemetry bridge: make the active OpenTelemetry span's trace instrument's trace.
+"""OpenTelemetry: the bridge (``enable``) and OpenTelemetry's current trace as instrument's.
 
-Apps that already trace with OpenTelemetry keep one trace ID everywhere: inside
-``use_otel_trace()`` the toolkit's exemplars, log lines and outgoing
-``X-Trace-ID``/``traceparent`` headers carry OpenTelemetry's trace ID.
+``enable()`` (or ``instrument.configure(otel=True)``) makes every ``trace_span``, provider
+call, SSE stream and served request also an OpenTelemetry span, with the same trace and
+span IDs, through the global tracer provider or the one given (docs/opentelemetry.md).
+It is never switched on by itself, not even when an SDK tracer provider is set: like
+the toolkit's logging, the bridge is the application's choice.
+
+``use_otel_trace()`` goes the other way without the bridge: inside it the toolkit's
+exemplars, log lines and outgoing ``X-Trace-ID``/``traceparent`` headers carry
+OpenTelemetry's current trace ID.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from contextlib import contextmanager
 
 try:
     from opentelemetry import trace as otel_trace
+
+    from instrument._otel import disable, enable, enabled
 except ImportError as exc:
     raise ImportError("instrument.adapters.otel needs opentelemetry-api: "
                       "pip install 'llm-instrument[otel]'") from exc
@@ -19,7 +27,7 @@ except ImportError as exc:
 from instrument._context import get_trace_id
 from instrument._span import use_trace_id
 
-__all__ = ["otel_trace_context", "use_otel_trace"]
+__all__ = ["disable", "enable", "enabled", "otel_trace_context", "use_otel_trace"]
 
 
 def otel_trace_context() -> tuple[str, str] | None:

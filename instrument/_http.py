@@ -10,7 +10,7 @@ from contextvars import Token
 from time import perf_counter
 from typing import Any, Protocol
 
-from instrument import _metrics
+from instrument import _metrics, _observe
 from instrument._context import (
     TraceContext,
     accept_trace_id,
@@ -62,10 +62,11 @@ class ServerRequest:
     ``client_disconnected()`` and ``failed()`` whenever those happen.
     """
 
-    __slots__ = ("_fallback", "_sse_start", "_w3c", "access_log", "bytes_sent", "client",
+    __slots__ = ("_fallback", "_otel", "_sse_start", "_w3c", "access_log", "bytes_sent", "client",
                  "disconnected", "error", "finished", "method", "metrics", "path", "route",
                  "series", "server_cancelled", "span_id", "sse", "start", "status", "streams",
                  "trace_id", "tracestate")
+    _otel: Any  # set only by the OpenTelemetry bridge (instrument._otel)
 
     def __init__(self, method: str, path: str, headers: Any, client: Client = None,
                  access_log: bool = True, metrics: _metrics.Metrics | None = None,
@@ -105,6 +106,8 @@ class ServerRequest:
         self.finished = False
         self.series: Series | None = None  # bound once routed (see set_route)
         self._fallback: SSEStream | None = None  # an SSE body no @track_sse stream measures
+        if _observe.bridge is not None:
+            _observe.bridge.request(self)
 
     # -- the trace -----------------------------------------------------------------------
     def enter(self) -> Token[TraceContext | None]:

@@ -420,13 +420,19 @@ def current() -> Metrics:
 
 
 def configure(registry: CollectorRegistry | None = None, namespace: str = "",
-              max_label_values: int = DEFAULT_MAX_LABEL_VALUES) -> Metrics:
+              max_label_values: int = DEFAULT_MAX_LABEL_VALUES, *,
+              otel: bool | None = None) -> Metrics:
     """Choose where the toolkit's metrics live. Optional: defaults to the default registry.
 
     ``max_label_values`` bounds how many distinct values each label of each
-    metric may take; further values are recorded as ``other``.
+    metric may take; further values are recorded as ``other``. ``otel=True`` turns
+    the OpenTelemetry bridge on with the global tracer and meter providers
+    (``instrument.adapters.otel.enable()`` takes others), ``otel=False`` off; None leaves
+    it as it is.
     """
     global configured
+    if otel is not None:
+        _switch_otel(otel)
     if (not isinstance(max_label_values, int) or isinstance(max_label_values, bool)
             or max_label_values < 1):
         raise ValueError(f"max_label_values must be a positive integer, got {max_label_values!r}")
@@ -448,6 +454,22 @@ def configure(registry: CollectorRegistry | None = None, namespace: str = "",
         _say_once("multiprocess", "PROMETHEUS_MULTIPROC_DIR is set: metrics are aggregated "
                   "across worker processes; exemplars are unavailable in this mode")
     return m
+
+
+def _switch_otel(on: object) -> None:
+    if not isinstance(on, bool):
+        raise ValueError(f"otel must be True, False or None, got {on!r}")
+    if not on and "instrument._otel" not in sys.modules:
+        return  # never turned on: nothing to import
+    try:
+        from instrument import _otel
+    except ImportError as exc:
+        raise ImportError("configure(otel=True) needs opentelemetry-api: "
+                          "pip install 'llm-instrument[otel]'") from exc
+    if on:
+        _otel.enable()
+    else:
+        _otel.disable()
 
 
 def count_trace() -> None:

@@ -10,7 +10,11 @@ from instrument._context import make_context, new_span_id, new_trace_id, trace_c
 from instrument._engine import Observer
 from instrument._loggate import log_enabled
 
-__all__ = ["TracedObserver", "log_enabled", "resolve_metrics"]
+__all__ = ["TracedObserver", "bridge", "log_enabled", "resolve_metrics"]
+
+#: the OpenTelemetry bridge (``instrument._otel``) while it is on, else None. Each observer
+#: and served request reads it once, as it starts: the whole cost of the bridge when off.
+bridge: Any = None
 
 
 class TracedObserver(Observer):
@@ -20,7 +24,9 @@ class TracedObserver(Observer):
     already time it. It exists so nested calls and log lines carry the trace.
     """
 
-    __slots__ = ("metrics", "parent_span_id", "start", "trace")
+    # _otel: the OpenTelemetry span's state, set only while the bridge is on (never read else)
+    __slots__ = ("_otel", "metrics", "parent_span_id", "start", "trace")
+    _otel: Any
 
     def __init__(self, metrics: _metrics.Metrics, usage: Any = None) -> None:
         self.ended = False

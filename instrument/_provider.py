@@ -7,7 +7,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from instrument import _attempts, _metrics, _pricing
+from instrument import _attempts, _metrics, _observe, _pricing
 from instrument._context import trace_context
 from instrument._engine import STATUS, instrument_callable
 from instrument._loggate import emit
@@ -220,6 +220,8 @@ class ProviderCall(TracedObserver):
         self.response_model: str | None = None
         self.series = series or Series(metrics, provider, model)
         self.series.inflight.inc()
+        if _observe.bridge is not None:
+            _observe.bridge.start(self)
 
     def item(self, value: Any) -> Any:
         if not self.first_at:

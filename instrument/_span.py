@@ -9,7 +9,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, TypeVar
 
-from instrument import _metrics
+from instrument import _metrics, _observe
 from instrument._context import (
     TraceContext,
     accept_trace_id,
@@ -27,7 +27,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Span:
     """One timed unit of work inside a trace."""
 
-    __slots__ = ("attributes", "name", "parent_span_id", "span_id", "start", "trace_id")
+    __slots__ = ("_otel", "attributes", "name", "parent_span_id", "span_id", "start", "trace_id")
+    _otel: Any  # set only by the OpenTelemetry bridge (instrument._otel)
 
     def __init__(self, name: str, trace_id: str, span_id: str, parent_span_id: str | None,
                  attributes: dict[str, Any]) -> None:
@@ -40,6 +41,22 @@ class Span:
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
+
+    def _close(self, token: Token[TraceContext | None], exc: BaseException | None,
+               metrics: _metrics.Metrics | None = None) -> float:
+        """Record the span and restore the context that was current before it opened."""
+        duration = perf_counter() - self.start
+        try:
+            record_span(metrics, self.name, duration, exc, status_of(exc), self.trace_id,
+                        self.span_id, self.parent_span_id, self.attributes)
+        finally:
+            try:
+                trace_context.reset(token)
+            except ValueError:
+                # closed in another context (e.g. a generator finalised by the GC):
+                # that context is gone, so there is nothing to restore
+                pass
+        return duration
 
     def __repr__(self) -> str:
         return (f"Span(name={self.name!r}, trace_id={self.trace_id!r}, span_id={self.span_id!r}, "
@@ -80,18 +97,7 @@ def record_span(metrics: _metrics.Metrics | None, name: str, duration: float,
 def close_span(span: Span, token: Token[TraceContext | None], exc: BaseException | None,
                metrics: _metrics.Metrics | None = None) -> float:
     """Record the span and restore the context that was current before it opened."""
-    duration = perf_counter() - span.start
-    try:
-        record_span(metrics, span.name, duration, exc, status_of(exc), span.trace_id,
-                    span.span_id, span.parent_span_id, span.attributes)
-    finally:
-        try:
-            trace_context.reset(token)
-        except ValueError:
-            # closed in another context (e.g. a generator finalised by the GC):
-            # that context is gone, so there is nothing to restore
-            pass
-    return duration
+    return span._close(token, exc, metrics)
 
 
 class SpanCall(TracedObserver):
@@ -103,6 +109,8 @@ class SpanCall(TracedObserver):
         super().__init__(metrics)
         self.name = name
         self.attributes = attributes
+        if _observe.bridge is not None:
+            _observe.bridge.start(self)
 
     def end(self, outcome: str, exc: BaseException | None, result: Any = None) -> None:
         record_span(self.metrics, self.name, perf_counter() - self.start, exc,
@@ -125,6 +133,8 @@ class SpanContext:
         if self._span is not None:
             raise RuntimeError("a trace_span(...) object is not re-entrant; create a new one")
         self._span, self._token = open_span(self._name, dict(self._attributes))
+        if _observe.bridge is not None:
+            _observe.bridge.opened(self)
         return self._span
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -132,7 +142,7 @@ class SpanContext:
         span, token = self._span, self._token
         self._span = self._token = None
         if span is not None and token is not None:
-            close_span(span, token, exc)
+            span._close(token, exc)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from instrument import _metrics
+from instrument import _metrics, _observe
 from instrument._context import current_request
 from instrument._engine import (
     CANCELLED,
@@ -77,6 +77,8 @@ class SSEStream(TracedObserver):
         metrics.sse_active.child(endpoint).inc()
         if attach and (request := current_request()) is not None:
             request.attach_stream(self)
+        if _observe.bridge is not None:
+            _observe.bridge.start(self)
 
     def client_disconnected(self) -> None:
         """Told by a server adapter: the client left, so a coming cancellation is a disconnect."""
