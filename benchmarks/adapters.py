@@ -211,7 +211,7 @@ def _measure(runners: dict[str, Callable[[int], Any]], n: int, rounds: int, *, a
 
 
 def main(quick: bool = False) -> dict[str, dict[str, float]]:
-    n, rounds = (50, 1) if quick else (3000, 7)
+    n, rounds = (50, 1) if quick else (1500, 7)
     return {"fastapi": bench_fastapi(n, rounds), "flask": bench_flask(n, rounds)}
 
 

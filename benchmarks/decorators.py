@@ -148,7 +148,7 @@ def bench_memory(n: int) -> dict[str, float]:
 
 
 def main(quick: bool = False) -> dict[str, dict[str, float]]:
-    n, rounds = (200, 2) if quick else (20000, 7)
+    n, rounds = (200, 2) if quick else (10000, 7)
     results = {
         "provider_call": bench_calls(n, rounds),
         "sync_stream": bench_sync_stream(100 if quick else 5000, rounds),

@@ -1,13 +1,11 @@
-"""Instructions per request under ``valgrind --tool=callgrind``: repeatable under any load.
+"""Instructions per operation under ``valgrind --tool=callgrind``: repeatable under any load.
 
 Wall-clock ratios on a shared 2-core machine move by +-30%; instruction counts do not.
-Each variant (the bare app, the floor, ours, the alternative) runs in its own process
-twice, for N and for 2N in-process requests after the same warm-up; the difference
-over N is what one request costs, start-up and warm-up cancelled out. Access logs off,
+Each case (a decorated call, an openai SDK call, a FastAPI request, a Flask request) runs in
+one process under callgrind, its variants (the bare one, the floor, ours, the alternative,
+by hand) one after another; each variant counts N and then 2N operations after its warm-up,
+and the difference over N is what one costs (``benchmarks/_callgrind.py``). Access logs off,
 logging as a fresh process has it (``benchmarks.adapters._logging_for("bare")``).
-
-The decorated call and the openai SDK call (bare, ours, by hand) are counted the same way,
-per call.
 
     python -m benchmarks.instructions [--quick]      (make bench-instructions)
 """
@@ -15,16 +13,15 @@ per call.
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from benchmarks import _callgrind
+
 VARIANTS = ("bare", "floor", "ours", "alternative")
 FRAMEWORKS = {"fastapi": "prometheus-fastapi-instrumentator", "flask": "prometheus-flask-exporter"}
-_COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 def _app(framework: str, variant: str) -> Any:
@@ -61,17 +58,17 @@ CALLS = {"decorator": ("bare", "hand", "decorated"),
          "sdk": ("bare", "instrument_openai", "track_provider", "hand")}
 
 
-def call_child(case: str, variant: str, n: int) -> None:
-    """Make 200 warm-up calls, then ``n``."""
+def call_child(case: str, n: int) -> None:
+    """Every variant of ``case``, one after another (``_callgrind.measure``)."""
     import instrument
     from benchmarks import decorators, sdk
 
     with instrument.use_trace_id(decorators.TRACE):
         if case == "decorator":
             bare, hand, decorated = decorators._setup()
-            fn = {"bare": bare, "hand": hand, "decorated": decorated}[variant]
-            for i in range(200 + n):
-                fn(i)
+            fns = {"bare": bare, "hand": hand, "decorated": decorated}
+            for variant in CALLS[case]:
+                _callgrind.measure(n, lambda fn=fns[variant]: lambda k: [fn(i) for i in range(k)])
             return
         from prometheus_client import CollectorRegistry
 
@@ -81,14 +78,15 @@ def call_child(case: str, variant: str, n: int) -> None:
 
         no_otel = sdk.Otel.__new__(sdk.Otel)
         no_otel.instrumentor = None
-        plain = sdk._variants(no_otel)[variant][0]
+        variants = sdk._variants(no_otel)
         _pricing.use_genai_prices(False)  # the shipped table, as sdk.py's instrument_openai
-        for _ in range(200 + n):
-            plain()
+        for variant in CALLS[case]:
+            plain = variants[variant][0]
+            _callgrind.measure(n, lambda plain=plain: lambda k: [plain() for _ in range(k)])
 
 
-def child(framework: str, variant: str, n: int) -> None:
-    """Serve 200 warm-up requests, then ``n`` (what callgrind counts the difference of)."""
+def child(framework: str, n: int) -> None:
+    """Every variant's app, served in-process one after another (``_callgrind.measure``)."""
     from prometheus_client import CollectorRegistry
 
     import instrument
@@ -96,78 +94,92 @@ def child(framework: str, variant: str, n: int) -> None:
 
     instrument.configure(registry=CollectorRegistry())
     adapters._logging_for("bare")
-    app = _app(framework, variant)
-    if framework == "fastapi":
-        run = adapters._asgi_runner(app)
-        asyncio.run(run(200))
-        asyncio.run(run(n))
-    else:
-        run = adapters._wsgi_runner(app)
-        run(200)
-        run(n)
+    for variant in VARIANTS:
+        app = _app(framework, variant)
+        if framework == "fastapi":
+            served = adapters._asgi_runner(app)
+            _callgrind.measure(n, lambda served=served: lambda k: asyncio.run(served(k)))
+        else:
+            _callgrind.measure(n, lambda app=app: adapters._wsgi_runner(app))
 
 
-def count(framework: str, variant: str, n: int) -> int:
-    """Instructions of one whole child process (callgrind's total)."""
-    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                          sys.executable, "-m", "benchmarks.instructions", "--child", framework,
-                          variant, str(n)], capture_output=True, text=True, check=True)
-    return parse_total(out.stderr)
+#: operations per measured segment: a decorated call, an openai SDK call (a few million
+#: instructions), an in-process request
+SIZES = {"decorator": 2000, "sdk": 40, "fastapi": 600, "flask": 600}
+QUICK_SIZES = {"decorator": 50, "sdk": 3, "fastapi": 20, "flask": 20}
 
 
-def parse_total(stderr: str) -> int:
-    found = _COLLECTED.search(stderr)
-    if found is None:
-        raise RuntimeError(f"no callgrind total in its output: {stderr[-500:]}")
-    return int(found.group(1))
+def main(quick: bool = False, cases: tuple[str, ...] = (*CALLS, *FRAMEWORKS)
+         ) -> dict[str, dict[str, float]]:
+    """Each case in its own process under callgrind, two at a time (one per core)."""
+    sizes = QUICK_SIZES if quick else SIZES
 
+    def one(case: str) -> dict[str, float]:
+        variants = CALLS.get(case, VARIANTS)
+        return _callgrind.per_operation("benchmarks.instructions", [case, str(sizes[case])],
+                                        variants, sizes[case])
 
-def per_request(framework: str, variant: str, n: int) -> float:
-    with ThreadPoolExecutor(2) as pool:  # the two runs of a variant side by side
-        once, twice = pool.map(lambda k: count(framework, variant, k), (n, 2 * n))
-    return (twice - once) / n
-
-
-def main(quick: bool = False) -> dict[str, dict[str, float]]:
-    n = 100 if quick else 1000
+    with ThreadPoolExecutor(2) as pool:
+        counted = dict(zip(cases, pool.map(one, cases), strict=True))
     results: dict[str, dict[str, float]] = {}
-    for case, variants in CALLS.items():
-        per = {v: per_request(case, v, n // 5 if case == "sdk" else n) for v in variants}
-        results[case] = {f"{v}_instructions": per[v] for v in variants}
-        results[case].update({f"{v}_added": per[v] - per["bare"] for v in variants[1:]})
-    for framework in FRAMEWORKS:
-        per = {variant: per_request(framework, variant, n) for variant in VARIANTS}
-        bare = per["bare"]
-        out = {f"{v}_instructions": per[v] for v in VARIANTS}
-        for variant in ("floor", "ours", "alternative"):
-            out[f"{variant}_added"] = per[variant] - bare
-        out["over_floor"] = out["ours_added"] / out["floor_added"]
-        out["over_alternative"] = out["ours_added"] / out["alternative_added"]
-        results[framework] = out
+    for case, per in counted.items():
+        variants = CALLS.get(case, VARIANTS)
+        out = {f"{v}_instructions": per[v] for v in variants}
+        out.update({f"{v}_added": per[v] - per["bare"] for v in variants[1:]})
+        if case in FRAMEWORKS:
+            out["over_floor"] = out["ours_added"] / out["floor_added"]
+            out["over_alternative"] = out["ours_added"] / out["alternative_added"]
+        results[case] = out
     return results
 
 
 def report(results: dict[str, dict[str, float]]) -> str:
-    lines = ["instructions per request (callgrind; access log off; what each adds to the bare app)"]
+    lines = ["instructions per operation (callgrind, N and 2N in one process; access log off; "
+             "what each adds to the bare one)"]
     for case, variants in CALLS.items():
-        r = results[case]
-        lines.append(f"  {case} call: bare {r['bare_instructions']:,.0f}; added: " + ", ".join(
-            f"{v} {r[f'{v}_added']:,.0f}" for v in variants[1:]))
+        if case in results:
+            r = results[case]
+            lines.append(f"  {case} call: bare {r['bare_instructions']:,.0f}; added: " +
+                         ", ".join(f"{v} {r[f'{v}_added']:,.0f}" for v in variants[1:]))
     for framework, alternative in FRAMEWORKS.items():
-        r = results[framework]
-        lines.append(
-            f"  {framework}: bare {r['bare_instructions']:,.0f}; added: floor "
-            f"{r['floor_added']:,.0f}, ours {r['ours_added']:,.0f} ({r['over_floor']:.2f}x the "
-            f"floor, target <= 1.5x), {alternative} {r['alternative_added']:,.0f} (ours "
-            f"{r['over_alternative']:.2f}x)")
+        if framework in results:
+            r = results[framework]
+            lines.append(
+                f"  {framework}: bare {r['bare_instructions']:,.0f}; added: floor "
+                f"{r['floor_added']:,.0f}, ours {r['ours_added']:,.0f} ({r['over_floor']:.2f}x "
+                f"the floor, target <= 1.5x), {alternative} {r['alternative_added']:,.0f} (ours "
+                f"{r['over_alternative']:.2f}x)")
+    return "\n".join(lines)
+
+
+def everything(quick: bool = False) -> dict[str, Any]:
+    """For ``benchmarks.run``: these counts and the OpenTelemetry bridge's
+    (``benchmarks.otel.instructions``), or why there are none."""
+    if shutil.which("valgrind") is None:
+        return {"missing": "valgrind is not installed (make bench installs it)"}
+    from benchmarks import otel
+
+    if quick:  # CI: the machinery once, on the lightest case (a callgrind start-up is ~20 s)
+        return {"requests": main(quick, cases=("decorator",)), "otel": {}}
+    return {"requests": main(quick), "otel": otel.instructions(quick)}
+
+
+def report_everything(results: dict[str, Any]) -> str:
+    if "missing" in results:
+        return f"instructions: not counted ({results['missing']})"
+    from benchmarks import otel
+
+    lines = [report(results["requests"])]
+    if results["otel"]:
+        lines.append(otel.report_instructions(results["otel"]))
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"] and sys.argv[2] in CALLS:
-        call_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        call_child(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        child(sys.argv[2], int(sys.argv[3]))
     elif shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind): no instruction counts")
     else:

@@ -169,7 +169,7 @@ def bench(n: int, rounds: int) -> dict[str, float]:
 
 
 def main(quick: bool = False) -> dict[str, float]:
-    n, rounds = (200, 1) if quick else (20000, 7)
+    n, rounds = (200, 1) if quick else (8000, 7)
     return bench(n, rounds)
 
 

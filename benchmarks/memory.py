@@ -35,7 +35,19 @@ def rss_bytes() -> int:
 
 
 def series(registry: CollectorRegistry) -> int:
+    """Samples on a scrape (each histogram bucket one): what the series count grows with."""
     return sum(len(family.samples) for family in registry.collect())
+
+
+def widest(registry: CollectorRegistry, label: str) -> int:
+    """The most distinct values ``label`` takes in any one family: the bound to check
+    (``max_label_values`` plus the overflow value)."""
+    values: dict[str, set[str]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if label in sample.labels:
+                values.setdefault(family.name, set()).add(sample.labels[label])
+    return max((len(v) for v in values.values()), default=0)
 
 
 def _grown(work: Callable[[int], Any], warm: int, n: int) -> dict[str, float]:
@@ -99,7 +111,9 @@ def main(quick: bool = False) -> dict[str, dict[str, float]]:
     out["random_paths"] = {**_grown(random_requests, 100, requests), "n": float(requests)}
     out["random_models"] = {**_grown(random_models, 100, requests), "n": float(requests)}
     out["series"] = {"before_random": float(before), "after_random": float(series(registry)),
-                     "max_label_values": float(MAX_LABEL_VALUES)}
+                     "max_label_values": float(MAX_LABEL_VALUES),
+                     "widest_route": float(widest(registry, "route")),
+                     "widest_model": float(widest(registry, "model"))}
     return out
 
 
@@ -115,7 +129,10 @@ def report(r: dict[str, dict[str, float]]) -> str:
                      f"{p['traced_growth_bytes'] / 1e3:+.1f} kB")
     s = r["series"]
     lines.append(f"  series: {int(s['before_random'])} before the random names, "
-                 f"{int(s['after_random'])} after (max_label_values={int(s['max_label_values'])})")
+                 f"{int(s['after_random'])} after (samples, each histogram bucket one); "
+                 f"max_label_values={int(s['max_label_values'])}: at most "
+                 f"{int(s['widest_route'])} routes and {int(s['widest_model'])} models in any "
+                 f"family (the bound plus the overflow value)")
     return "\n".join(lines)
 
 

@@ -233,10 +233,10 @@ def bench_provider(n: int, rounds: int) -> dict[str, Any]:
 
 def main(quick: bool = False) -> dict[str, Any]:
     """Every figure: ``{"fastapi": ..., "flask": ..., "provider": {"call", "stream"}}``."""
-    n, rounds = (20, 1) if quick else (2000, 7)
+    n, calls, rounds = (20, 10, 1) if quick else (1000, 150, 9)
     return {"fastapi": bench_requests("fastapi", n, rounds),
             "flask": bench_requests("flask", n, rounds),
-            "provider": bench_provider(max(n // 2, 10), rounds)}
+            "provider": bench_provider(calls, rounds)}
 
 
 def _row(label: str, f: dict[str, float]) -> str:
@@ -261,73 +261,81 @@ def report(results: dict[str, Any]) -> str:
 # -- instructions (callgrind) --------------------------------------------------------------
 
 VARIANTS = ("bare", "ours", "ours_bridge", "otel")
-#: what ``instructions()`` counts: a FastAPI request, an openai SDK call, a 50-chunk stream
-KINDS = ("request", "sdk_call", "sdk_stream")
+#: what ``instructions()`` counts: a FastAPI request, a Flask request, an openai SDK call, a
+#: 50-chunk stream
+KINDS = ("request", "flask_request", "sdk_call", "sdk_stream")
 
 
-def child(kind: str, variant: str, n: int) -> None:
-    """A warm-up, then ``n`` operations of ``kind`` (callgrind counts the whole process)."""
+def child(kind: str, n: int) -> None:
+    """Every variant of ``kind``, one after another (``benchmarks._callgrind.measure``);
+    OpenTelemetry's GenAI instrumentation patches the SDK process-wide, so it comes last."""
+    from benchmarks._callgrind import measure
+
     instrument.configure(registry=CollectorRegistry())
     adapters._logging_for("bare")
     providers = Providers()
-    if variant == "ours_bridge":
-        Bridge(providers).on()
-    if kind == "request":
-        apps, _otel = _request_apps("fastapi", providers)
-        run = adapters._asgi_runner(apps[variant], trace_header=False)
-        asyncio.run(run(200))
-        asyncio.run(run(n))
+    bridge = Bridge(providers)
+    if kind in ("request", "flask_request"):
+        apps, _otel = _request_apps("fastapi" if kind == "request" else "flask", providers)
+        for variant in VARIANTS:
+            if variant == "ours_bridge":
+                bridge.on()
+            if kind == "request":
+                served = adapters._asgi_runner(apps[variant], trace_header=False)
+                measure(n, lambda served=served: lambda k: asyncio.run(served(k)))
+            else:
+                measure(n, lambda app=apps[variant]: adapters._wsgi_runner(app,
+                                                                           trace_header=False))
+            bridge.off()
         return
     from instrument.adapters.openai import instrument_openai
 
-    client = sdk._client()
-    if variant in ("ours", "ours_bridge"):
-        client = instrument_openai(client)
-    elif variant == "otel":
-        genai = sdk.Otel()
-        genai.kwargs = {"tracer_provider": providers.tracer_provider,
-                        "meter_provider": providers.meter_provider}
-        genai.on()
-    create = client.chat.completions.create
+    def calls(client: Any) -> Callable[[int], Any]:
+        create = client.chat.completions.create
 
-    def once() -> None:
-        if kind == "sdk_call":
-            create(model=sdk.MODEL, messages=sdk.MESSAGES)
-            return
-        for _ in create(model=sdk.MODEL, messages=sdk.MESSAGES, stream=True,
-                        stream_options={"include_usage": True}):
-            pass
+        def run(k: int) -> None:
+            for _ in range(k):
+                if kind == "sdk_call":
+                    create(model=sdk.MODEL, messages=sdk.MESSAGES)
+                    continue
+                for _chunk in create(model=sdk.MODEL, messages=sdk.MESSAGES, stream=True,
+                                     stream_options={"include_usage": True}):
+                    pass
 
-    for _ in range(20 + n):
-        once()
+        return run
+
+    ours = instrument_openai(sdk._client())
+    for variant in VARIANTS:
+        if variant == "ours_bridge":
+            bridge.on()
+        elif variant == "otel":
+            bridge.off()
+            genai = sdk.Otel()
+            genai.kwargs = {"tracer_provider": providers.tracer_provider,
+                            "meter_provider": providers.meter_provider}
+            genai.on()
+        client = ours if variant.startswith("ours") else sdk._client()
+        measure(n, lambda client=client: calls(client))
 
 
 def instructions(quick: bool = False) -> dict[str, dict[str, float]]:
     """Instructions per operation (``valgrind --tool=callgrind``: the difference between N
     and 2N operations, over N); what ours, the bridge and OpenTelemetry's instrumentation
     add, and the bridge over OpenTelemetry's."""
-    import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from benchmarks.instructions import parse_total
+    from benchmarks._callgrind import per_operation
 
-    sizes = {"request": 50, "sdk_call": 20, "sdk_stream": 5} if quick else {
-        "request": 500, "sdk_call": 200, "sdk_stream": 40}
+    sizes = {"request": 20, "flask_request": 20, "sdk_call": 3, "sdk_stream": 1} if quick else {
+        "request": 600, "flask_request": 600, "sdk_call": 40, "sdk_stream": 6}
 
-    def count(kind: str, variant: str, k: int) -> int:
-        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                              sys.executable, "-m", "benchmarks.otel", "--child", kind, variant,
-                              str(k)], capture_output=True, text=True, check=True)
-        return parse_total(out.stderr)
+    def count(kind: str) -> dict[str, float]:
+        return per_operation("benchmarks.otel", [kind, str(sizes[kind])], VARIANTS, sizes[kind])
 
+    with ThreadPoolExecutor(2) as pool:  # one process per kind, one per core
+        counted = dict(zip(KINDS, pool.map(count, KINDS), strict=True))
     results: dict[str, dict[str, float]] = {}
-    for kind in KINDS:
-        n = sizes[kind]
-        per: dict[str, float] = {}
-        for variant in VARIANTS:
-            with ThreadPoolExecutor(2) as pool:  # the two runs of a variant side by side
-                once, twice = pool.map(count, (kind, kind), (variant, variant), (n, 2 * n))
-            per[variant] = (twice - once) / n
+    for kind, per in counted.items():
         bare = per["bare"]
         figures = {f"{v}_instructions": per[v] for v in VARIANTS}
         figures.update({f"{v}_added": per[v] - bare for v in VARIANTS[1:]})
@@ -339,7 +347,8 @@ def instructions(quick: bool = False) -> dict[str, dict[str, float]]:
 
 def report_instructions(results: dict[str, dict[str, float]]) -> str:
     lines = ["OpenTelemetry bridge, instructions per operation (callgrind; null exporter)"]
-    for kind, label in (("request", "FastAPI request"), ("sdk_call", "openai plain call"),
+    for kind, label in (("request", "FastAPI request"), ("flask_request", "Flask request"),
+                        ("sdk_call", "openai plain call"),
                         ("sdk_stream", f"openai {sdk.CHUNKS}-chunk stream")):
         f = results[kind]
         lines.append(f"  {label}: bare {f['bare_instructions']:,.0f}; ours adds "
@@ -351,7 +360,7 @@ def report_instructions(results: dict[str, dict[str, float]]) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        child(sys.argv[2], int(sys.argv[3]))
     elif "--instructions" in sys.argv:
         counted = instructions(quick="--quick" in sys.argv)
         print(json.dumps(counted) if "--json" in sys.argv else report_instructions(counted))

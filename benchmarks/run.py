@@ -4,7 +4,7 @@ The cases are the ``CASES`` list: each a ``Case(name, run, report)`` where ``run
 returns the figures (JSON-able) and ``report(figures)`` prints them. Adding a benchmark
 module is one line here, e.g.::
 
-    Case("otel", otel.main, otel.report),
+    Case("memory", memory.main, memory.report),
 
 (``report`` may be left out: the figures are then printed as JSON). ``--results PATH``
 also writes a Markdown file (``benchmarks/RESULTS.md``): the machine, the versions, every
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import adapters, decorators, memory, peers, scrape, sdk, wire
+from benchmarks import adapters, decorators, instructions, memory, otel, peers, scrape, sdk, wire
 from benchmarks import logging as logging_bench
 
 
@@ -41,6 +41,8 @@ CASES: list[Case] = [
     Case("scrape", scrape.main, scrape.report),
     Case("memory", memory.main, memory.report),
     Case("wire", wire.main, wire.report),
+    Case("otel", otel.main, otel.report),
+    Case("instructions", instructions.everything, instructions.report_everything),
 ]
 
 
