@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable
 from functools import lru_cache
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
@@ -114,6 +114,16 @@ class _IdGenerator:
         return bool(check()) if check is not None else False
 
 
+class _Instruments(NamedTuple):
+    """The GenAI metrics' instruments for one meter provider (``Names`` made real)."""
+
+    duration: Any
+    first_chunk: Any
+    token_usage: Any  # None in the latest set
+    counters: tuple[tuple[str, Any], ...]
+    token_histograms: tuple[tuple[str, Any], ...]
+
+
 class _Started:
     """The OpenTelemetry span of one toolkit span, and the context that makes it current."""
 
@@ -162,10 +172,19 @@ class Bridge:
         provider = self._meter_provider or otel_metrics.get_meter_provider()
         if provider is not self._instruments_for:
             meter = provider.get_meter(N.SCOPE)
-            self._instruments = tuple(
-                meter.create_histogram(m.name, unit=m.unit, description=m.description,
-                                       explicit_bucket_boundaries_advisory=list(m.buckets))
-                for m in self.names)
+            names = self.names
+
+            def histogram(m: N.Metric) -> Any:
+                return meter.create_histogram(m.name, unit=m.unit, description=m.description,
+                                              explicit_bucket_boundaries_advisory=list(m.buckets))
+
+            self._instruments = _Instruments(
+                histogram(names.duration), histogram(names.time_to_first_chunk),
+                histogram(names.token_usage) if names.token_usage else None,
+                tuple((field, meter.create_counter(m.name, unit=m.unit,
+                                                   description=m.description))
+                      for field, m in names.usage_counters),
+                tuple((field, histogram(m)) for field, m in names.token_histograms))
             self._instruments_for = provider
         return self._instruments
 
@@ -292,10 +311,9 @@ class Bridge:
         if instruments is not None:
             self._record(instruments, obs, started, outcome, exc, ttfc)
 
-    def _record(self, instruments: Any, obs: ProviderCall, started: _Started, outcome: str,
-                exc: BaseException | None, ttfc: float | None) -> None:
+    def _record(self, instruments: _Instruments, obs: ProviderCall, started: _Started,
+                outcome: str, exc: BaseException | None, ttfc: float | None) -> None:
         """The GenAI client metrics, recorded with the span current (for exemplars)."""
-        duration, tokens, first_chunk = instruments
         attributes: dict[str, Any] = {N.OPERATION_NAME: obs.operation,
                                       N.PROVIDER_NAME: obs.provider}
         if started.named:
@@ -308,13 +326,24 @@ class Bridge:
             attributes[N.ERROR_TYPE] = STATUS[outcome]  # cancelled: not a success
         token = otel_context.attach(started.context)
         try:
-            duration.record(perf_counter() - obs.start, attributes)
+            instruments.duration.record(perf_counter() - obs.start, attributes)
             if ttfc is not None:
-                first_chunk.record(ttfc, attributes)
+                instruments.first_chunk.record(ttfc, attributes)
             u = obs.usage
-            if u.input or u.output:
-                tokens.record(u.input, {**attributes, N.TOKEN_TYPE: "input"})
-                tokens.record(u.output, {**attributes, N.TOKEN_TYPE: "output"})
+            if instruments.counters:  # every call, a failed one too (0 when no usage came)
+                counted = {**attributes, N.TOKEN_MODALITY: N.UNKNOWN_MODALITY}
+                for field, counter in instruments.counters:
+                    value = getattr(u, field)
+                    if value > 0 or field in N.ALWAYS_COUNTED:
+                        counter.add(value, counted)
+            if not (u.input or u.output):
+                return
+            if instruments.token_usage is not None:
+                instruments.token_usage.record(u.input, {**attributes, N.TOKEN_TYPE: "input"})
+                instruments.token_usage.record(u.output, {**attributes, N.TOKEN_TYPE: "output"})
+            if outcome == OK:  # the per-call histograms: successful calls only
+                for field, histogram in instruments.token_histograms:
+                    histogram.record(getattr(u, field), attributes)
         finally:
             otel_context.detach(token)
 

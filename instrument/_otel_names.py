@@ -3,9 +3,10 @@
 The GenAI semantic conventions are in Development status. What is emitted by default is
 what the Python reference implementation emits (``opentelemetry-util-genai`` 1.3b0, used
 by ``opentelemetry-instrumentation-genai-openai`` 1.3b0, on semantic conventions 0.66b2);
-with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` the metric names of the
-conventions' main branch (``gen_ai.client.inference.*``) are used instead. Span attribute
-names are the same in both sets today; they are listed once, in ``Names``.
+with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` the token metrics of the
+conventions' main branch (``gen_ai.client.inference.usage.*`` counters and
+``gen_ai.client.inference.operation.*`` histograms) replace ``gen_ai.client.token.usage``.
+Span attribute names are the same in both sets today; they are listed once, above ``Names``.
 
 Attributes this toolkit adds that no convention defines start with ``instrument.``.
 """
@@ -21,7 +22,8 @@ SCOPE = "instrument"
 LATEST_OPT_IN = "gen_ai_latest_experimental"
 #: the versions each set follows, as the docs name them
 REFERENCE_VERSION = "opentelemetry-util-genai 1.3b0 (semantic conventions 0.66b2)"
-LATEST_VERSION = "semantic-conventions main branch, gen_ai_latest_experimental"
+LATEST_VERSION = ("semantic-conventions-genai main branch (gen-ai-token-metrics.md, commit "
+                  "066d4a7), gen_ai_latest_experimental")
 
 # -- GenAI span attributes (both sets) ---------------------------------------------------
 OPERATION_NAME = "gen_ai.operation.name"
@@ -71,29 +73,57 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 
 
 class Names(NamedTuple):
-    """One set of metric names (the span attributes above are shared)."""
+    """One set of metric names (the span attributes above are shared). Token fields name
+    the ``instrument._provider.Usage`` count each instrument records."""
 
     duration: Metric
-    token_usage: Metric
     time_to_first_chunk: Metric
+    #: one histogram split by ``gen_ai.token.type`` (the reference set); None in the latest
+    token_usage: Metric | None = None
+    #: counters, one per token category, with ``gen_ai.token.modality`` (the latest set)
+    usage_counters: tuple[tuple[str, Metric], ...] = ()
+    #: per-call histograms of successful calls, no modality (the latest set)
+    token_histograms: tuple[tuple[str, Metric], ...] = ()
+
+    def all(self) -> tuple[Metric, ...]:
+        return (self.duration, self.time_to_first_chunk,
+                *((self.token_usage,) if self.token_usage else ()),
+                *(m for _, m in self.usage_counters), *(m for _, m in self.token_histograms))
 
 
-REFERENCE = Names(
-    Metric("gen_ai.client.operation.duration", "s", "GenAI operation duration",
-           DURATION_BUCKETS),
-    Metric("gen_ai.client.token.usage", "{token}",
-           "Number of input and output tokens used by GenAI clients", TOKEN_BUCKETS),
-    Metric("gen_ai.client.operation.time_to_first_chunk", "s",
-           "Time to receive the first chunk of a streamed response", DURATION_BUCKETS),
-)
+_DURATION = Metric("gen_ai.client.operation.duration", "s", "GenAI operation duration",
+                   DURATION_BUCKETS)
+_FIRST_CHUNK = Metric("gen_ai.client.operation.time_to_first_chunk", "s",
+                      "Time to receive the first chunk of a streamed response", DURATION_BUCKETS)
+REFERENCE = Names(_DURATION, _FIRST_CHUNK,
+                  token_usage=Metric("gen_ai.client.token.usage", "{token}",
+                                     "Number of input and output tokens used by GenAI clients",
+                                     TOKEN_BUCKETS))
+#: the conventions' main branch (semantic-conventions-genai docs/gen-ai/gen-ai-token-metrics.md,
+#: as of commit 066d4a7): duration and time to first chunk keep their names;
+#: ``gen_ai.client.token.usage`` and ``gen_ai.token.type`` give way to a counter per token
+#: category (the cost proxy) and per-call histograms of input and output tokens
 LATEST = Names(
-    Metric("gen_ai.client.inference.operation.duration", "s", "GenAI inference duration",
-           DURATION_BUCKETS),
-    Metric("gen_ai.client.inference.token.usage", "{token}",
-           "Number of input and output tokens used by GenAI inference", TOKEN_BUCKETS),
-    Metric("gen_ai.client.inference.time_to_first_chunk", "s",
-           "Time to receive the first chunk of a streamed response", DURATION_BUCKETS),
+    _DURATION, _FIRST_CHUNK,
+    usage_counters=tuple(
+        (field, Metric(f"gen_ai.client.inference.usage.{name}", "{token}", description, ()))
+        for field, name, description in (
+            ("input", "input_tokens", "Input tokens used (cached and cache writes included)"),
+            ("output", "output_tokens", "Output tokens used (reasoning included)"),
+            ("cached_input", "cache_read.input_tokens", "Input tokens read from a cache"),
+            ("cache_write", "cache_write.input_tokens", "Input tokens written to a cache"),
+            ("reasoning", "reasoning.output_tokens", "Output tokens spent reasoning"))),
+    token_histograms=tuple(
+        (field, Metric(f"gen_ai.client.inference.operation.{field}_tokens", "{token}",
+                       f"{field.capitalize()} tokens of one inference operation",
+                       TOKEN_BUCKETS))
+        for field in ("input", "output")),
 )
+#: the usage counters' modality: the toolkit cannot tell text tokens from image or audio ones
+TOKEN_MODALITY = "gen_ai.token.modality"
+UNKNOWN_MODALITY = "unknown"
+#: the counters added for every call, 0 when no usage came (the subsets only when non-zero)
+ALWAYS_COUNTED = ("input", "output")
 
 
 def selected(environ: dict[str, str] | None = None) -> Names:

@@ -39,6 +39,8 @@ USAGE = {"prompt_tokens": 1200, "completion_tokens": 80,
          "prompt_tokens_details": {"cached_tokens": 1000}}
 COST = 0.000153  # (200 * 0.15 + 1000 * 0.075 + 80 * 0.6) / 1e6, the shipped table
 ANSWER = {"model": "gpt-4o-mini-2024-07-18", "usage": USAGE}
+_ATTRIBUTES = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+               "gen_ai.request.model": MINI}
 
 
 def exemplar_trace_ids(registry: CollectorRegistry, family: str) -> set[str]:
@@ -379,7 +381,60 @@ def test_the_genai_metrics_use_the_reference_names_and_bucket_boundaries(
 def test_the_latest_experimental_opt_in_switches_to_the_newer_metric_names(
         otel: Otel, monkeypatch: pytest.MonkeyPatch) -> None:
     points = _metric_names(otel, monkeypatch, "http,gen_ai_latest_experimental")
-    assert set(points) == {m.name for m in N.LATEST}
+    assert set(points) == {
+        "gen_ai.client.operation.duration", "gen_ai.client.operation.time_to_first_chunk",
+        "gen_ai.client.inference.usage.input_tokens", "gen_ai.client.inference.usage.output_tokens",
+        "gen_ai.client.inference.usage.cache_read.input_tokens",
+        "gen_ai.client.inference.operation.input_tokens",
+        "gen_ai.client.inference.operation.output_tokens"}  # no cache writes, no reasoning
+    assert {m.name for m in N.LATEST.all()} >= set(points)
+    counted = {name[len("gen_ai.client.inference.usage."):]: (p.value, p.attributes)
+               for name, (p,) in points.items() if ".usage." in name}
+    modality = {N.TOKEN_MODALITY: "unknown"}
+    assert counted == {
+        "input_tokens": (1200, {**_ATTRIBUTES, **modality}),
+        "output_tokens": (80, {**_ATTRIBUTES, **modality}),
+        "cache_read.input_tokens": (1000, {**_ATTRIBUTES, **modality})}
+    per_call = {name: (p.sum, tuple(p.explicit_bounds), p.attributes)
+                for name, (p,) in points.items() if ".operation." in name and "tokens" in name}
+    assert per_call == {
+        "gen_ai.client.inference.operation.input_tokens": (1200, N.TOKEN_BUCKETS, _ATTRIBUTES),
+        "gen_ai.client.inference.operation.output_tokens": (80, N.TOKEN_BUCKETS, _ATTRIBUTES)}
+    assert "gen_ai.client.token.usage" not in points
+
+
+def test_the_latest_set_counts_a_failed_calls_tokens_but_not_its_per_call_histogram(
+        otel: Otel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    bridge.enable(otel.tracer_provider, otel.meter_provider)
+
+    @track_provider("openai", MINI)
+    def stream() -> Iterator[dict[str, Any]]:
+        yield {"choices": [], "usage": USAGE}
+        raise ConnectionError("cut")
+
+    @track_provider("openai", MINI)
+    def refused() -> None:
+        raise TimeoutError("no answer, no usage")
+
+    with pytest.raises(ConnectionError):
+        list(stream())
+    with pytest.raises(TimeoutError):
+        refused()
+    points = otel.metric_points()
+    # the conventions: every call adds to the input and output counters, 0 without usage
+    def by_error(name: str) -> dict[str, int]:
+        return {p.attributes[N.ERROR_TYPE]: p.value for p in points[name]}
+
+    assert by_error("gen_ai.client.inference.usage.input_tokens") == {
+        "ConnectionError": 1200, "TimeoutError": 0}
+    assert by_error("gen_ai.client.inference.usage.output_tokens") == {
+        "ConnectionError": 80, "TimeoutError": 0}
+    assert by_error("gen_ai.client.inference.usage.cache_read.input_tokens") == {
+        "ConnectionError": 1000}
+    assert not any(".operation.input_tokens" in name for name in points)
+    errors = {p.attributes[N.ERROR_TYPE] for p in points["gen_ai.client.operation.duration"]}
+    assert errors == {"ConnectionError", "TimeoutError"}
 
 
 
