@@ -11,6 +11,7 @@ not twice per variant.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import subprocess
@@ -33,6 +34,8 @@ def measure(n: int, setup: Callable[[], Callable[[int], Any]]) -> None:
     the set-up segment); then the N and 2N segments."""
     run = setup()
     run(max(n // 5, 1))  # warm: first-use lookups and caches stay out of the segments
+    gc.collect()
+    gc.freeze()  # what earlier variants left alive is not rescanned by this one's collections
     mark()
     run(n)
     mark()

@@ -1,6 +1,7 @@
 """The apps ``benchmarks/wire.py`` serves, one variant per server process (``BENCH_WIRE``).
 
-Variants: ``bare``; ``ours`` (``instrument_app(app, access_log=False)``); ``ours_access_log``
+Variants: ``bare``; ``floor`` (``benchmarks/floor.py``: the least any design can do);
+``ours`` (``instrument_app(app, access_log=False)``); ``ours_access_log``
 (the access log on and opted in with ``configure_logging("INFO")``: one JSON line per
 request to stderr, which the benchmark sends to /dev/null, a real write); ``alternative``
 (prometheus-fastapi-instrumentator / prometheus-flask-exporter). Logging otherwise as a
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-VARIANTS = ("bare", "ours", "ours_access_log", "alternative")
+VARIANTS = ("bare", "floor", "ours", "ours_access_log", "alternative")
 
 
 def _variant() -> str:
@@ -37,6 +38,10 @@ def fastapi_app() -> Any:
         from prometheus_fastapi_instrumentator import Instrumentator
 
         Instrumentator().instrument(app)
+    elif variant == "floor":
+        from benchmarks import floor
+
+        floor.starlette(app, floor.Counts())
     elif variant != "bare":
         from instrument.adapters.starlette import instrument_app
 
@@ -52,6 +57,10 @@ def flask_app() -> Any:
         from prometheus_flask_exporter import PrometheusMetrics
 
         PrometheusMetrics(app)
+    elif variant == "floor":
+        from benchmarks import floor
+
+        floor.flask(app, floor.Counts())
     elif variant != "bare":
         from instrument.adapters.flask import instrument_app
 

@@ -105,7 +105,7 @@ def child(framework: str, n: int) -> None:
 
 #: operations per measured segment: a decorated call, an openai SDK call (a few million
 #: instructions), an in-process request
-SIZES = {"decorator": 2000, "sdk": 40, "fastapi": 600, "flask": 600}
+SIZES = {"decorator": 2000, "sdk": 24, "fastapi": 400, "flask": 400}
 QUICK_SIZES = {"decorator": 50, "sdk": 3, "fastapi": 20, "flask": 20}
 
 

@@ -327,7 +327,7 @@ def instructions(quick: bool = False) -> dict[str, dict[str, float]]:
     from benchmarks._callgrind import per_operation
 
     sizes = {"request": 20, "flask_request": 20, "sdk_call": 3, "sdk_stream": 1} if quick else {
-        "request": 600, "flask_request": 600, "sdk_call": 40, "sdk_stream": 6}
+        "request": 400, "flask_request": 400, "sdk_call": 24, "sdk_stream": 4}
 
     def count(kind: str) -> dict[str, float]:
         return per_operation("benchmarks.otel", [kind, str(sizes[kind])], VARIANTS, sizes[kind])

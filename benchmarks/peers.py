@@ -111,7 +111,7 @@ def child(peer: str, n: int) -> dict[str, Any]:
             pass
 
     out: dict[str, Any] = {}
-    for kind, fn, count in (("call", plain, n), ("stream", stream, max(n // 5, 1))):
+    for kind, fn, count in (("call", plain, n), ("stream", stream, max(n // 10, 1))):
         fn()  # warm: first-use lookups outside the timing
         start = time.perf_counter()
         for _ in range(count):
