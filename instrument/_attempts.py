@@ -34,6 +34,9 @@ for _kind, _part in (("requests", "requests"), ("tokens", "tokens"),
     for _which in ("remaining", "limit"):
         RATELIMIT_HEADERS[f"anthropic-ratelimit-{_part}-{_which}"] = (_kind, _which)
 _PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+#: the same, for an httpx ``Headers``' raw (bytes) pairs: only the matching ones get decoded
+_RAW_HEADERS = {name.encode(): key for name, key in RATELIMIT_HEADERS.items()}
+_RAW_PREFIXES = tuple(prefix.encode() for prefix in _PREFIXES)
 _MAX_VALUE_CHARS = 24  # a count of requests or tokens; anything longer is not one
 _RETRY_COUNT = "x-stainless-retry-count"  # both official SDKs number their attempts so
 
@@ -50,7 +53,13 @@ def _number(raw: str) -> float | None:
 
 
 def read_ratelimits(headers: Any) -> dict[tuple[str, str], float]:
-    """``{(kind, "remaining"|"limit"): value}`` from a response's headers; bad values ignored."""
+    """``{(kind, "remaining"|"limit"): value}`` from a response's headers; bad values ignored.
+
+    An httpx ``Headers`` is read through its raw byte pairs: its ``items()`` decodes and
+    joins every header of the response, which cost more than the rest of this hook."""
+    raw_pairs = getattr(headers, "raw", None)
+    if isinstance(raw_pairs, list):
+        return _read_raw(raw_pairs)
     found: dict[tuple[str, str], float] = {}
     for name, raw in headers.items():
         name = name.lower()
@@ -61,6 +70,19 @@ def read_ratelimits(headers: Any) -> dict[tuple[str, str], float]:
             value = _number(raw)
             if value is not None:
                 found[key] = value
+    return found
+
+
+def _read_raw(pairs: list[Any]) -> dict[tuple[str, str], float]:
+    found: dict[tuple[str, str], float] = {}
+    for name, raw in pairs:
+        if not isinstance(name, bytes) or not name.lower().startswith(_RAW_PREFIXES):
+            continue
+        key = _RAW_HEADERS.get(name.lower())
+        if key is not None and isinstance(raw, bytes):
+            value = _number(raw.decode("latin-1"))
+            if value is not None:
+                found[key] = value  # a header given twice: the last one
     return found
 
 

@@ -177,6 +177,17 @@ def test_bad_rate_limit_values_are_ignored_never_raised(fake: FakeLLM,
 def test_reading_rate_limit_headers(headers: dict[str, str],
                                     expected: dict[tuple[str, str], float]) -> None:
     assert read_ratelimits(headers) == expected
+    clients = [m for m in map(_maybe, ("httpx", "httpx2")) if m is not None]
+    assert clients  # the SDKs bring one of them
+    for client in clients:  # the Headers their responses hand the hook (read as raw bytes)
+        assert read_ratelimits(client.Headers(headers)) == expected, client.__name__
+
+
+def _maybe(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        return None
 
 
 def test_mark_fallback_counts_and_logs(registry: CollectorRegistry, logs: LogCapture) -> None:
