@@ -44,14 +44,15 @@ def measure(n: int, setup: Callable[[], Callable[[int], Any]]) -> None:
 
 
 def per_operation(module: str, args: Sequence[str], variants: Sequence[str],
-                  n: int) -> dict[str, float]:
+                  n: int, python: str = sys.executable, flag: str = "--child"
+                  ) -> dict[str, float]:
     """Run ``python -m module --child *args`` under callgrind; it measures ``variants`` in
     order, each with ``measure(n, ...)``. Returns instructions per operation by variant."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--dump-before=getppid",
-             f"--callgrind-out-file={out}", sys.executable, "-m", module, "--child", *args],
+             f"--callgrind-out-file={out}", python, "-m", module, flag, *args],
             capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{module} {' '.join(args)} failed under callgrind: "

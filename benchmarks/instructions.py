@@ -160,8 +160,11 @@ def everything(quick: bool = False) -> dict[str, Any]:
     from benchmarks import otel
 
     if quick:  # CI: the machinery once, on the lightest case (a callgrind start-up is ~20 s)
-        return {"requests": main(quick, cases=("decorator",)), "otel": {}}
-    return {"requests": main(quick), "otel": otel.instructions(quick)}
+        return {"requests": main(quick, cases=("decorator",)), "otel": {}, "peers": {}}
+    from benchmarks import peers
+
+    return {"requests": main(quick), "otel": otel.instructions(quick),
+            "peers": peers.instructions(quick)}
 
 
 def report_everything(results: dict[str, Any]) -> str:
@@ -172,6 +175,15 @@ def report_everything(results: dict[str, Any]) -> str:
     lines = [report(results["requests"])]
     if results["otel"]:
         lines.append(otel.report_instructions(results["otel"]))
+    counted = results.get("peers") or {}
+    if "missing" in counted:
+        lines.append(f"LLM-layer peers, instructions: not counted ({counted['missing']})")
+    elif counted:
+        ours = results["requests"]["sdk"]["instrument_openai_added"]
+        lines.append("LLM-layer peers, instructions added per openai plain call (callgrind, "
+                     f"in .venv-peers): instrument_openai {ours:,.0f}; " + ", ".join(
+                         f"{peer} {c['added']:,.0f} (ours {ours / c['added']:.2f}x)"
+                         for peer, c in counted.items()))
     return "\n".join(lines)
 
 

@@ -122,6 +122,43 @@ def child(peer: str, n: int) -> dict[str, Any]:
     return out
 
 
+def callgrind_child(peer: str, n: int) -> None:
+    """Under callgrind (``instructions``): the bare plain call, then the same with ``peer``
+    instrumenting the SDK, each counted by ``benchmarks._callgrind.measure``."""
+    from benchmarks._callgrind import measure
+    from benchmarks.sdk import MESSAGES, MODEL, _client
+
+    def calls() -> Any:
+        create = _client().chat.completions.create
+        return lambda k: [create(model=MODEL, messages=MESSAGES) for _ in range(k)]
+
+    measure(n, calls)
+    _init(peer)
+    measure(n, calls)
+
+
+def instructions(quick: bool = False) -> dict[str, Any]:
+    """Instructions each peer adds to the plain call (callgrind, in .venv-peers): what
+    wall clock cannot settle between child processes. Streams are left out: a traced
+    OpenLIT or Traceloop stream takes a second or more under callgrind."""
+    if not VENV_PYTHON.exists():
+        return {"missing": f"{VENV_PYTHON.relative_to(ROOT)} not made (make bench makes it)"}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks._callgrind import per_operation
+
+    n = 3 if quick else 24
+    os.environ["TRACELOOP_TELEMETRY"] = "false"  # the children inherit it
+
+    def count(peer: str) -> dict[str, float]:
+        per = per_operation("benchmarks.peers", [peer, str(n)], ("bare", peer), n,
+                            python=str(VENV_PYTHON), flag="--callgrind-child")
+        return {"bare_instructions": per["bare"], "added": per[peer] - per["bare"]}
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(PEERS, pool.map(count, PEERS), strict=True))
+
+
 # -- the parent -------------------------------------------------------------------------------
 
 def _run_child(peer: str, n: int) -> tuple[dict[str, Any], str]:
@@ -186,5 +223,7 @@ def report(r: dict[str, Any]) -> str:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
+    elif sys.argv[1:2] == ["--callgrind-child"]:
+        callgrind_child(sys.argv[2], int(sys.argv[3]))
     else:
         print(report(main(quick="--quick" in sys.argv)))

@@ -100,6 +100,17 @@ def targets(r: dict[str, Any]) -> Iterator[Target]:
         yield (f"{fw} instructions: ours added / the alternative's",
                _get(r, "instructions", "requests", fw, "over_alternative"), "<= 1.0x",
                at_most(1.0))
+    ours = _get(r, "instructions", "requests", "sdk", "instrument_openai_added")
+    peers = {name: _get(r, "instructions", name_path[0], *name_path[1:])
+             for name, name_path in (
+                 ("opentelemetry-genai-openai", ("otel", "sdk_call", "otel_added")),
+                 ("openlit", ("peers", "openlit", "added")),
+                 ("traceloop", ("peers", "traceloop", "added")))}
+    counted = {k: v for k, v in peers.items() if v is not None and v > 0}
+    cheapest = min(counted.items(), key=lambda kv: kv[1]) if counted else None
+    yield ("openai call instructions: instrument_openai added / the cheapest OTel-based peer's"
+           + (f" ({cheapest[0]})" if cheapest else ""),
+           _ratio(ours, cheapest[1] if cheapest else None), "<= 0.5x", at_most(0.5))
     yield ("@track_provider instructions added / hand-written metrics'",
            _ratio(_get(r, "instructions", "requests", "decorator", "decorated_added"),
                   _get(r, "instructions", "requests", "decorator", "hand_added")),

@@ -89,8 +89,13 @@ def main(quick: bool = False) -> dict[str, float]:
             figures[name].append(_median_ms(run, 1, number))
     out = {f"{name}_ms": statistics.median(v) for name, v in figures.items()}
     out["samples"] = float(samples)
-    out["text_ratio"] = out["ours_text_ms"] / out["client_text_ms"]
-    out["openmetrics_ratio"] = out["ours_openmetrics_ms"] / out["client_openmetrics_ms"]
+
+    def paired(ours: str, theirs: str) -> float:  # per round, then the median: drift cancels
+        return statistics.median(a / b for a, b in zip(figures[ours], figures[theirs],
+                                                      strict=True))
+
+    out["text_ratio"] = paired("ours_text", "client_text")
+    out["openmetrics_ratio"] = paired("ours_openmetrics", "client_openmetrics")
     out["summary_ms"] = _median_ms(lambda: respond("/summary", None, registry), rounds, number)
     out["mp"] = multiprocess(quick)  # type: ignore[assignment]
     return out
