@@ -147,7 +147,7 @@ def instructions(quick: bool = False) -> dict[str, Any]:
 
     from benchmarks._callgrind import per_operation
 
-    n = 3 if quick else 24
+    n = 3 if quick else 16
     os.environ["TRACELOOP_TELEMETRY"] = "false"  # the children inherit it
 
     def count(peer: str) -> dict[str, float]:
@@ -173,7 +173,7 @@ def _run_child(peer: str, n: int) -> tuple[dict[str, Any], str]:
 def main(quick: bool = False) -> dict[str, Any]:
     if not VENV_PYTHON.exists():
         return {"missing": f"{VENV_PYTHON.relative_to(ROOT)} not made (make bench makes it)"}
-    n, rounds = (10, 1) if quick else (200, 5)  # traceloop: ~170 ms a stream
+    n, rounds = (10, 1) if quick else (200, 3)  # traceloop: ~170 ms a stream
     modes = ("bare", *PEERS)
     samples: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     offline: dict[str, bool] = dict.fromkeys(PEERS, False)

@@ -219,7 +219,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     if not quick and not use_wrk:
         print("wrk is not installed (apt-get install wrk): the Python client stands in",
               file=sys.stderr)
-    rounds, seconds = (1, 0.0) if quick else (5, 4.0)
+    rounds, seconds = (1, 0.0) if quick else (5, 3.0)
     results: dict[str, Any] = {"pinned": pinned(), "cores": os.cpu_count() or 1,
                                "threads": THREADS, "connections": CONNECTIONS}
     for framework in ("fastapi", "flask"):
